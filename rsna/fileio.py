@@ -1,7 +1,7 @@
 """Atomic writes: an output file either has its complete new content or does not exist.
 
 Every writer here writes to a temporary file in the destination folder, flushes it to
-disk and renames it over the destination. ``os.replace`` is atomic on POSIX file systems
+disk and renames it over the destination. Renaming is atomic on POSIX file systems
 when both names are on one file system, so a crash or ``SIGKILL`` leaves either the old
 file or the new one, plus at most a ``.tmp-*`` file that :func:`remove_stale_temporaries`
 cleans up.
@@ -18,6 +18,7 @@ from typing import IO, Any
 import numpy as np
 
 TEMPORARY_PREFIX = ".tmp-"
+_DEFAULT_FILE_MODE = 0o666
 
 
 @contextlib.contextmanager
@@ -34,10 +35,13 @@ def atomic_path(destination: str | os.PathLike) -> Iterator[Path]:
     )
     os.close(handle)
     temporary = Path(name)
+    # mkstemp creates the file readable by its owner only; give the output the permissions
+    # an ordinary open() would, so teammates on a shared machine can read it.
+    temporary.chmod(_DEFAULT_FILE_MODE & ~_current_umask())
     try:
         yield temporary
         _fsync_file(temporary)
-        os.replace(temporary, destination)
+        temporary.replace(destination)
     finally:
         temporary.unlink(missing_ok=True)
 
@@ -90,6 +94,12 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> int:
         path.unlink(missing_ok=True)
         removed += 1
     return removed
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_file(path: Path) -> None:

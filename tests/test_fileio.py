@@ -1,4 +1,6 @@
 import json
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -49,3 +51,13 @@ def test_remove_stale_temporaries(tmp_path):
 
     assert remove_stale_temporaries(tmp_path) == 1
     assert [p.name for p in tmp_path.iterdir()] == ["v.npy"]
+
+
+def test_atomic_write_uses_umask_permissions(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        write_json(tmp_path / "m.json", {})
+    finally:
+        os.umask(previous)
+
+    assert stat.S_IMODE((tmp_path / "m.json").stat().st_mode) == 0o644
