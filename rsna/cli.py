@@ -17,7 +17,7 @@ from rsna.logs import configure_logging
 
 logger = logging.getLogger(__name__)
 
-SUBCOMMANDS = ("sample", "inspect", "preprocess")
+SUBCOMMANDS = ("sample", "inspect", "preprocess", "predict")
 EXIT_USAGE = 2
 
 
