@@ -17,7 +17,8 @@ def test_train_csv_column_order():
 
 def test_label_order_ends_with_aneurysm_present():
     assert len(LOCATION_COLUMNS) == 13
-    assert LABEL_COLUMNS == (*LOCATION_COLUMNS, "Aneurysm Present")
+    assert LABEL_COLUMNS[:13] == LOCATION_COLUMNS
+    assert LABEL_COLUMNS[13] == "Aneurysm Present"
 
 
 def test_left_right_permutation_swaps_pairs():

@@ -18,5 +18,5 @@ def test_validate_uid_rejects(uid):
 
 
 def test_validate_uid_names_field():
-    with pytest.raises(InvalidUIDError, match="SOPInstanceUID '../x'"):
+    with pytest.raises(InvalidUIDError, match=r"SOPInstanceUID '\.\./x'"):
         validate_uid("../x", what="SOPInstanceUID")
