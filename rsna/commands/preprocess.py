@@ -3,7 +3,9 @@
 Runs the same code as the ``preprocess`` stage. For each folder it writes
 ``<SeriesInstanceUID>.npy`` into ``--out``, plus ``index.jsonl`` (one record per volume)
 and ``rejects.jsonl`` (one line per series that could not be used). Running it again on
-the same folder skips the series whose volume is current.
+the same folder skips the series whose volume is current. The output folder mirrors the
+last run: volumes that an earlier run wrote there for series not given again are deleted,
+so use one output folder per set of series.
 """
 
 import argparse

@@ -258,8 +258,8 @@ def _run_jobs(
         return
 
     # forkserver: workers fork from a clean process that has imported the reader and torch
-    # but never run a parallel region, because OpenMP runtimes do not support use in a
-    # child forked after one (the parent may have run torch operations before).
+    # but never run a parallel region. OpenMP runtimes do not support a child forked after
+    # one, and the parent may have run torch operations before.
     # ProcessPoolExecutor, unlike multiprocessing.Pool, raises BrokenProcessPool when a worker
     # dies (out of memory, for example) instead of waiting forever for its result.
     context = multiprocessing.get_context("forkserver")

@@ -75,9 +75,9 @@ def preprocess_series(job: SeriesJob, *, spec: VolumeSpec) -> tuple[np.ndarray, 
 
     The record has every field of a ``volumes_index.jsonl`` line except ``key`` and
     ``sha256``, which the runner adds once the file is written. Peak memory is the reader's
-    float32 volume (twice the int16 size of the series) plus the float32 resampled volume
-    before cropping (small when the target spacing is coarser than the source) plus the
-    float16 result; nothing else scales with the series length. Raises
+    float32 volume (twice the int16 size of the series), the float32 resampled volume
+    before cropping (small when the target spacing is coarser than the source) and the
+    float16 result. Nothing else scales with the series length. Raises
     :class:`rsna.dicom.SeriesError` for a series the reader rejects and
     :class:`PreprocessError` or :class:`rsna.preprocess.transforms.TransformError` for one
     that cannot be transformed.
