@@ -1,0 +1,193 @@
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from training_fixtures import tiny_train_section, write_dataset, write_params
+
+from rsna.evaluation import (
+    evaluate_checkpoint,
+    predict_probabilities,
+    predict_volume,
+    prepare_image,
+)
+from rsna.labels import LABEL_COLUMNS, left_right_permutation
+from rsna.training import TrainPaths
+from rsna.training.checkpoint import BEST_NAME, IncompatibleCheckpointError, model_from_checkpoint
+from rsna.training.settings import train_settings_from_section
+from rsna.training.trainer import run_training
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+VOLUME_SPEC = {
+    "spacing_mm": [2.0, 2.0, 2.0],
+    "shape": [16, 32, 32],
+    "ct_window_hu": [-100.0, 600.0],
+    "mr_percentiles": [1.0, 99.0],
+}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A dataset and a checkpoint trained on it for two epochs."""
+    root = tmp_path_factory.mktemp("evaluation")
+    data = write_dataset(root / "data")
+    paths = TrainPaths(
+        volumes_dir=data["volumes"],
+        index=data["index"],
+        splits=data["splits"],
+        manifest=data["manifest"],
+        models_dir=root / "models",
+        metrics=root / "train.json",
+        history=root / "history.csv",
+    )
+    deterministic, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
+    run_training(
+        settings=train_settings_from_section(tiny_train_section()),
+        volume_spec=VOLUME_SPEC,
+        paths=paths,
+    )
+    torch.use_deterministic_algorithms(deterministic)
+    torch.set_num_threads(threads)
+    return {**data, "root": root, "checkpoint": root / "models" / BEST_NAME}
+
+
+def _evaluate(trained, out: Path, **kwargs):
+    return evaluate_checkpoint(
+        checkpoint_path=trained["checkpoint"],
+        volume_spec=VOLUME_SPEC,
+        volumes_dir=trained["volumes"],
+        index_path=trained["index"],
+        splits_path=trained["splits"],
+        manifest_path=trained["manifest"],
+        metrics_path=out / "evaluate.json",
+        roc_path=out / "roc.csv",
+        predictions_path=out / "predictions.csv",
+        device="cpu",
+        **kwargs,
+    )
+
+
+def _read_csv(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_evaluate_writes_metrics_roc_and_predictions(trained, tmp_path):
+    metrics = _evaluate(trained, tmp_path, tta_flip=True)
+
+    assert json.loads((tmp_path / "evaluate.json").read_text()) == metrics
+    assert list(metrics["auc"]) == list(LABEL_COLUMNS)
+    assert metrics["series"] == 12 and metrics["tta_flip"] is True
+    assert sorted(metrics["modality"]) == ["CTA", "MRA"]
+    assert metrics["modality"]["CTA"]["series"] == 6
+    assert set(metrics["modality"]["MRA"]) == {"series", "challenge_score", "auc"}
+    header = (tmp_path / "predictions.csv").read_text().splitlines()[0]
+    assert header.split(",") == ["SeriesInstanceUID", *LABEL_COLUMNS]
+    assert len(_read_csv(tmp_path / "predictions.csv")) == 12
+    roc = _read_csv(tmp_path / "roc.csv")
+    assert list(roc[0]) == ["label", "fpr", "tpr"]
+    assert {row["label"] for row in roc} == {
+        name for name, auc in metrics["auc"].items() if auc is not None
+    }
+
+
+def test_predictions_match_single_volume_path(trained, tmp_path):
+    _evaluate(trained, tmp_path, tta_flip=True, batch_size=5)
+    model, checkpoint = model_from_checkpoint(trained["checkpoint"])
+
+    for row in _read_csv(tmp_path / "predictions.csv"):
+        volume = np.load(trained["volumes"] / f"{row['SeriesInstanceUID']}.npy")
+        expected = predict_volume(
+            model, volume, input_shape=checkpoint["params"]["train"]["input_shape"], tta_flip=True
+        )
+        actual = np.array([float(row[name]) for name in LABEL_COLUMNS])
+        np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-6)
+
+
+def test_flip_tta_is_mirror_symmetric(trained):
+    model, _ = model_from_checkpoint(trained["checkpoint"])
+    volume = np.load(next(trained["volumes"].glob("*.npy")))
+    image = prepare_image(volume, input_shape=None)
+    mirrored = torch.flip(image, dims=[-1])
+
+    direct = predict_probabilities(model, image, tta_flip=True)
+    from_mirror = predict_probabilities(model, mirrored, tta_flip=True)[:, left_right_permutation()]
+    plain = predict_probabilities(model, image, tta_flip=False)
+
+    assert torch.equal(direct, from_mirror)
+    assert not torch.equal(direct, plain)
+
+
+def test_prepare_image_crops_to_input_shape():
+    volume = np.arange(4 * 6 * 8, dtype=np.float16).reshape(4, 6, 8)
+
+    image = prepare_image(volume, input_shape=(2, 6, 4))
+
+    assert image.shape == (1, 1, 2, 6, 4)
+    assert torch.equal(image[0, 0], torch.from_numpy(volume[1:3, :, 2:6].astype(np.float32)))
+
+
+def test_evaluate_rejects_other_preprocessing(trained, tmp_path):
+    with pytest.raises(
+        IncompatibleCheckpointError,
+        match=r"preprocess.ct_window_hu: \[-100.0, 600.0\] -> \[0.0, 400.0\]",
+    ):
+        evaluate_checkpoint(
+            checkpoint_path=trained["checkpoint"],
+            volume_spec={**VOLUME_SPEC, "ct_window_hu": [0.0, 400.0]},
+            volumes_dir=trained["volumes"],
+            index_path=trained["index"],
+            splits_path=trained["splits"],
+            manifest_path=trained["manifest"],
+            metrics_path=tmp_path / "m.json",
+            roc_path=tmp_path / "r.csv",
+            predictions_path=tmp_path / "p.csv",
+            device="cpu",
+        )
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_evaluate_stage_on_fold(trained, tmp_path):
+    spec = importlib.util.spec_from_file_location(
+        "evaluate_stage", REPOSITORY / "stages" / "evaluate.py"
+    )
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+    params = write_params(
+        tmp_path / "params.yaml",
+        train=tiny_train_section(),
+        evaluate={"device": "cpu", "tta_flip": False},
+    )
+
+    status = stage.main(
+        [
+            "--params",
+            str(params),
+            "--checkpoint",
+            str(trained["checkpoint"]),
+            "--volumes",
+            str(trained["volumes"]),
+            "--index",
+            str(trained["index"]),
+            "--splits",
+            str(trained["splits"]),
+            "--manifest",
+            str(trained["manifest"]),
+            "--metrics",
+            str(tmp_path / "fold.json"),
+            "--roc",
+            str(tmp_path / "roc.csv"),
+            "--predictions",
+            str(tmp_path / "predictions.csv"),
+            "--fold",
+            "1",
+        ]
+    )
+
+    assert status == 0
+    metrics = json.loads((tmp_path / "fold.json").read_text())
+    # Fold 1 of the 36 train and val series: every second one.
+    assert metrics["series"] == 18 and metrics["tta_flip"] is False
