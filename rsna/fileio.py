@@ -21,6 +21,27 @@ TEMPORARY_PREFIX = ".tmp-"
 _DEFAULT_FILE_MODE = 0o666
 
 
+class OutputPathError(ValueError):
+    """An output folder that cannot be created because a file is in the way."""
+
+
+def check_output_folder(folder: str | os.PathLike) -> None:
+    """Raise :class:`OutputPathError` when ``folder`` or a parent exists but is not a folder.
+
+    Commands call this before their work, so a mistyped output path fails at once instead
+    of after minutes of computing.
+    """
+    folder = Path(folder)
+    for candidate in (folder, *folder.parents):
+        if candidate.exists():
+            if not candidate.is_dir():
+                raise OutputPathError(
+                    f"output folder {folder} cannot be created because {candidate} is a file; "
+                    "choose another output path"
+                )
+            return
+
+
 @contextlib.contextmanager
 def atomic_path(destination: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``destination`` and rename it there on success.

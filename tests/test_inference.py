@@ -21,6 +21,7 @@ import yaml
 from dicom_builders import head_ct_values, write_series
 from training_fixtures import preprocess_section, tiny_train_section, write_dataset
 
+import rsna.cli
 import rsna.inference
 from rsna.cli import build_parser
 from rsna.evaluation import evaluate_checkpoint, predict_volume
@@ -502,3 +503,22 @@ def test_real_series_scored_or_given_fallback(world, tmp_path):
     for index in (1, 2):
         np.testing.assert_allclose(_probabilities(frame.iloc[index]), prevalence, rtol=0, atol=1e-7)
     assert frame["SeriesInstanceUID"].str.match(r"^[0-9.]+$").all()
+
+
+def test_text_file_is_unusable_checkpoint(tmp_path):
+    checkpoint = tmp_path / "best.pt"
+    checkpoint.write_text("hello world", encoding="utf-8")
+
+    with pytest.raises(CheckpointError, match="not a checkpoint written by this package"):
+        load_checkpoint(checkpoint)
+
+
+def test_predict_output_under_file_is_usage_error(tmp_path):
+    blocker = tmp_path / "afile"
+    blocker.write_text("", encoding="utf-8")
+
+    status = rsna.cli.main(
+        ["predict", "--checkpoint", str(tmp_path / "x.pt"), "--out", str(blocker / "p.csv"), "."]
+    )
+
+    assert status == 2

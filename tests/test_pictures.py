@@ -504,3 +504,12 @@ def test_curves_stage_writes_both_pngs(tmp_path):
 
     assert result.returncode == 0, result.stderr
     assert sorted(path.name for path in out_dir.iterdir()) == ["roc.png", "training.png"]
+
+
+def test_roc_png_without_any_defined_curve(tmp_path):
+    roc_csv = tmp_path / "roc.csv"
+    roc_csv.write_text("label,fpr,tpr\n")
+
+    curves.plot_roc_curves(roc_csv=roc_csv, destination=tmp_path / "roc.png")
+
+    assert (tmp_path / "roc.png").stat().st_size > 0

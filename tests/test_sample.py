@@ -355,3 +355,14 @@ def test_sample_stage_rejects_unknown_param(tmp_path: Path) -> None:
 
     assert result.returncode == 1
     assert "unknown keys ['sead']" in result.stderr
+
+
+def test_sample_command_keeps_unrelated_folder(tmp_path: Path) -> None:
+    notes = tmp_path / "data" / "notes.txt"
+    notes.parent.mkdir()
+    notes.write_text("keep me", encoding="utf-8")
+
+    status = cli.main(["sample", str(tmp_path / "data"), "--series", "2"])
+
+    assert status == 2
+    assert notes.read_text(encoding="utf-8") == "keep me"

@@ -24,6 +24,7 @@ from rsna.config import (
     resolve_params_file,
     section_to_dataclass,
 )
+from rsna.fileio import OutputPathError, check_output_folder
 from rsna.inference.checkpoint import (
     InferenceModel,
     current_inference_params,
@@ -106,10 +107,11 @@ def run(args: argparse.Namespace) -> int:
     """Score the series of ``args.paths`` and write ``args.out``; return the exit status."""
     try:
         output_format(args.out)
+        check_output_folder(Path(args.out).parent)
         series_dirs = find_series_dirs(args.paths)
         params_file = resolve_params_file(args.params)
         device = resolve_device(args.device)
-    except (OutputFormatError, SeriesPathError, ParamsError) as error:
+    except (OutputFormatError, OutputPathError, SeriesPathError, ParamsError) as error:
         logger.error("%s", error)
         return EXIT_USAGE
     except RuntimeError as error:

@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 
 from rsna.config import ParamsError, load_section, resolve_params_file, section_to_dataclass
+from rsna.fileio import OutputPathError, check_output_folder
 from rsna.preprocess.runner import preprocess_dataset
 from rsna.preprocess.series import SeriesJob
 from rsna.preprocess.settings import DEFAULT_PARAMS, PreprocessParams
@@ -23,6 +24,7 @@ logger = logging.getLogger(__name__)
 INDEX_NAME = "index.jsonl"
 REJECTS_NAME = "rejects.jsonl"
 EXIT_REJECTED = 1
+EXIT_USAGE = 2
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -66,6 +68,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Preprocess the folders; return 0, or 1 when a series was rejected."""
+    try:
+        check_output_folder(args.out)
+    except OutputPathError as error:
+        logger.error("%s", error)
+        return EXIT_USAGE
     params = _params_from_args(args)
     jobs = [SeriesJob(series_dir=folder) for folder in args.series_dirs]
 

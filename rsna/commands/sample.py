@@ -3,6 +3,7 @@
 import argparse
 import json
 import logging
+from pathlib import Path
 
 from rsna.config import load_section, resolve_params_file, section_to_dataclass
 from rsna.sample import SampleSettings, write_sample_dataset
@@ -25,7 +26,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "Prints a JSON summary: series, patients, files and positives per location."
         ),
     )
-    parser.add_argument("out_dir", metavar="OUT_DIR", help="folder to write (replaced whole)")
+    parser.add_argument(
+        "out_dir",
+        metavar="OUT_DIR",
+        help="folder to write: absent, empty or an earlier dataset (replaced whole)",
+    )
     parser.add_argument("--series", type=int, help="number of series (default: params file, 300)")
     parser.add_argument("--seed", type=int, help="generator seed (default: params file, 2025)")
     parser.add_argument(
@@ -41,9 +46,26 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
+def _check_replaceable(out_dir: Path) -> None:
+    """Raise ValueError unless ``out_dir`` is absent, empty or an earlier dataset.
+
+    The dataset replaces the folder whole, so a mistyped path must not delete other data.
+    """
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise ValueError(f"OUT_DIR {out_dir} is a file; choose a folder path")
+    if any(out_dir.iterdir()) and not (out_dir / "train.csv").is_file():
+        raise ValueError(
+            f"OUT_DIR {out_dir} is not empty and holds no train.csv, so it is not an earlier "
+            "dataset; the sample replaces the folder whole, so choose an empty or new folder"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     """Write the dataset and print its summary; return 0, or 2 for an invalid option."""
     try:
+        _check_replaceable(Path(args.out_dir))
         settings = _settings(args)
         summary = write_sample_dataset(
             args.out_dir,

@@ -49,10 +49,12 @@ def read_history(path: str | os.PathLike) -> pd.DataFrame:
 def read_roc(path: str | os.PathLike) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Read an ROC CSV into ``{label: (fpr, tpr)}``, points sorted by fpr then tpr.
 
-    Labels keep the order of :data:`rsna.labels.LABEL_COLUMNS`. A label name outside that
+    Labels keep the order of :data:`rsna.labels.LABEL_COLUMNS`; a file with a header and no
+    rows gives an empty mapping. A label name outside that
     list, or an fpr or tpr outside [0, 1], raises ValueError naming the file.
     """
-    table = _read_csv(path, ROC_COLUMNS)
+    # No rows is valid: every label had a single class in the evaluated split.
+    table = _read_csv(path, ROC_COLUMNS, allow_empty=True)
     unknown = sorted(set(table["label"]) - set(LABEL_COLUMNS))
     if unknown:
         raise ValueError(
@@ -165,7 +167,9 @@ def plot_fold_scores(
     save_figure_png(figure, destination)
 
 
-def _read_csv(path: str | os.PathLike, columns: Sequence[str]) -> pd.DataFrame:
+def _read_csv(
+    path: str | os.PathLike, columns: Sequence[str], *, allow_empty: bool = False
+) -> pd.DataFrame:
     try:
         table = pd.read_csv(path)
     except FileNotFoundError as error:
@@ -182,7 +186,7 @@ def _read_csv(path: str | os.PathLike, columns: Sequence[str]) -> pd.DataFrame:
         raise ValueError(
             f"{path} lacks columns {missing}; found {list(table.columns)}, expected {list(columns)}"
         )
-    if table.empty:
+    if table.empty and not allow_empty:
         raise ValueError(f"{path} has a header but no rows")
     return table[list(columns)]
 

@@ -32,6 +32,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -141,8 +142,22 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: str = "cpu") -> di
         raise CheckpointError(f"checkpoint {path} not found; run the train stage first")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
-        raise CheckpointError(f"checkpoint {path} is unreadable: {error}") from error
+    except (
+        RuntimeError,
+        EOFError,
+        OSError,
+        ValueError,
+        IndexError,
+        KeyError,
+        pickle.UnpicklingError,
+    ) as error:
+        # torch's own message may advise weights_only=False, which would run arbitrary code
+        # from the file; only the error type is shown.
+        raise CheckpointError(
+            f"checkpoint {path} is not a checkpoint written by this package "
+            f"({type(error).__name__} while loading it with weights_only=True); "
+            "pass the models/best.pt or models/last.pt of a train run"
+        ) from error
 
     missing = [
         field for field in REQUIRED_FIELDS if not isinstance(payload, dict) or field not in payload
