@@ -255,7 +255,13 @@ def test_evaluation_checkpoint_rejects_other_preprocessing(dataset, tmp_path, to
 
 
 def test_killed_run_resumes_to_identical_weights(dataset, tmp_path):
-    section = tiny_train_section(epochs=3, accumulation_steps=2, checkpoint_every_steps=1)
+    section = tiny_train_section(
+        epochs=3,
+        accumulation_steps=2,
+        checkpoint_every_steps=1,
+        localizer_loss_weight=1.0,
+        model={"location_head": True, "position_encoding": True},
+    )
     params = write_params(tmp_path / "params.yaml", train=section)
     reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
     environment = _stage_environment()
@@ -309,7 +315,15 @@ def test_killed_run_resumes_to_identical_weights(dataset, tmp_path):
 
 
 def test_two_process_gloo_run_writes_one_checkpoint(dataset, tmp_path):
-    section = tiny_train_section(epochs=1, processes=2, launcher="spawn", backend="gloo", threads=1)
+    section = tiny_train_section(
+        epochs=1,
+        processes=2,
+        launcher="spawn",
+        backend="gloo",
+        threads=1,
+        localizer_loss_weight=1.0,
+        model={"location_head": True, "position_encoding": True},
+    )
     settings = train_settings_from_section(section)
 
     status = launch_training(

@@ -139,6 +139,8 @@ def wrap_model(model: nn.Module, context: DistributedContext, *, sync_batchnorm:
         return model
     if sync_batchnorm and context.device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    elif sync_batchnorm and context.device.type == "cpu":
+        logger.warning("sync_batchnorm needs CUDA; CPU processes keep per-process statistics")
     device_ids = [context.device.index] if context.device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 

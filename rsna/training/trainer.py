@@ -262,6 +262,8 @@ class Trainer:
             for record in dataset.records
         ]
         self.data_fingerprint = ckpt.fingerprint(records)
+        # NOTE: the fingerprint leaves out the code. A killed run that is resumed after a
+        # code change continues with the new code; a finished run is never resumed.
         self.fingerprint_params = {
             **result_params(self.settings),
             "preprocess": self.volume_spec,
