@@ -17,19 +17,21 @@ writes a synthetic tree of empty files in the Kaggle layout
 
 Per design it records the first ``dvc repro`` (every hash computed), ``dvc status``, a
 ``dvc repro`` with nothing changed, and whether ``manifest`` reruns after a series is
-added and after a file of an existing series is rewritten in place. Empty files measure
+added and after a file of an existing series is rewritten in place, with the peak memory
+of the largest DVC process. Empty files measure
 the per-file cost of DVC's bookkeeping; hashing real content (hundreds of GB) adds read
 time to the first run of ``folder`` only. All times are with a warm page cache. Each design
 starts without DVC's state database and run cache. When the run cache restores the
 ``manifest`` outputs instead of running the stage, the change counts as detected.
 
-Run from the repository root (the work folder is git-ignored); it needs about 1 GB of disk
-and one inode per file:
+Run from the repository root (the work folder is git-ignored). It needs one inode per file
+and, for a million files, about 1 GB of disk, mostly DVC's state database. The output of
+every DVC command goes to ``commands.log`` in the work folder.
 
     python benchmarks/dvc_scale.py --files 1000000 --work-dir benchmarks/work/dvc_scale
 
-The tree is reused by later runs with the same ``--files`` and ``--series``; ``--clean``
-deletes the work folder at the end.
+The tree is reused by later runs with the same ``--files``, ``--series`` and ``--seed``.
+``--clean`` deletes the work folder at the end.
 """
 
 import argparse
