@@ -71,7 +71,8 @@ def test_augmented_flip_moves_blob_and_label(tmp_path):
     assert sample["flipped"] is True
     assert image[z, y, shape[2] - 1 - x] == 1.0
     assert image.sum() == 1.0
-    assert sample["labels"][RIGHT_MCA] == 1 and sample["labels"][LEFT_MCA] == 0
+    assert sample["labels"][RIGHT_MCA] == 1
+    assert sample["labels"][LEFT_MCA] == 0
     assert sample["labels"][AP] == 1
 
 

@@ -80,7 +80,8 @@ def test_evaluate_writes_metrics_roc_and_predictions(trained, tmp_path):
 
     assert json.loads((tmp_path / "evaluate.json").read_text()) == metrics
     assert list(metrics["auc"]) == list(LABEL_COLUMNS)
-    assert metrics["series"] == 12 and metrics["tta_flip"] is True
+    assert metrics["series"] == 12
+    assert metrics["tta_flip"] is True
     assert sorted(metrics["modality"]) == ["CTA", "MRA"]
     assert metrics["modality"]["CTA"]["series"] == 6
     assert set(metrics["modality"]["MRA"]) == {"series", "challenge_score", "auc"}
@@ -190,4 +191,5 @@ def test_evaluate_stage_on_fold(trained, tmp_path):
     assert status == 0
     metrics = json.loads((tmp_path / "fold.json").read_text())
     # Fold 1 of the 36 train and val series: every second one.
-    assert metrics["series"] == 18 and metrics["tta_flip"] is False
+    assert metrics["series"] == 18
+    assert metrics["tta_flip"] is False

@@ -154,11 +154,15 @@ def test_train_writes_outputs_and_checkpoints(dataset, tmp_path, torch_state):
     assert history[0] == "epoch,train_loss,val_loss,val_score,lr"
     assert len(history) == 3
     assert json.loads((tmp_path / "metrics" / "train.json").read_text()) == metrics
-    assert metrics["epochs"] == 2 and metrics["train_series"] == 24 and metrics["val_series"] == 12
+    assert metrics["epochs"] == 2
+    assert metrics["train_series"] == 24
+    assert metrics["val_series"] == 12
     last = load_checkpoint(tmp_path / "models" / LAST_NAME)
     best = load_checkpoint(tmp_path / "models" / BEST_NAME)
-    assert last["finished"] is True and last["epoch"] == 2
-    assert best["optimizer"] is None and best["epoch"] == metrics["best_epoch"]
+    assert last["finished"] is True
+    assert last["epoch"] == 2
+    assert best["optimizer"] is None
+    assert best["epoch"] == metrics["best_epoch"]
     assert best["params"]["preprocess"] == VOLUME_SPEC
     assert best["params"]["model"]["width"] == 4
     assert len(best["train_prevalence"]) == 14
@@ -230,7 +234,8 @@ def test_changed_params_start_over(dataset, tmp_path, torch_state, caplog):
         )
     run_training(settings=changed, volume_spec=VOLUME_SPEC, paths=paths)
 
-    assert "Not resuming from" in caplog.text and "train.lr: 0.003 -> 0.002" in caplog.text
+    assert "Not resuming from" in caplog.text
+    assert "train.lr: 0.003 -> 0.002" in caplog.text
     assert load_checkpoint(paths.models_dir / LAST_NAME)["params"]["train"]["lr"] == 0.002
 
 
@@ -284,7 +289,8 @@ def test_killed_run_resumes_to_identical_weights(dataset, tmp_path):
     victim.wait()
     assert victim.returncode == -signal.SIGKILL, "the run ended before it could be killed"
     killed = load_checkpoint(last)
-    assert killed["finished"] is False and killed["epoch"] < 3
+    assert killed["finished"] is False
+    assert killed["epoch"] < 3
 
     resumed = subprocess.run(
         _stage_command(params, dataset, interrupted),
@@ -342,7 +348,8 @@ def test_two_process_gloo_run_writes_one_checkpoint(dataset, tmp_path):
     # 24 series over 2 ranks in batches of 4: 3 optimizer steps.
     assert last["global_step"] == 3
     metrics = json.loads((tmp_path / "metrics" / "train.json").read_text())
-    assert metrics["val_series"] == 12 and metrics["best_val_score"] is not None
+    assert metrics["val_series"] == 12
+    assert metrics["best_val_score"] is not None
 
 
 def test_torchrun_command_runs_stage_per_process():
