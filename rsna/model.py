@@ -34,8 +34,8 @@ MODEL_DEPTHS: dict[str, tuple[int, int, int, int]] = {
 }
 STAGE_NAMES: tuple[str, ...] = ("layer1", "layer2", "layer3", "layer4")
 # Parts recomputed under gradient checkpointing. The deeper stages run on maps 8 and 16
-# times smaller per axis than the stem and keep under a tenth of the activation memory,
-# so recomputing them would cost step time and save almost nothing.
+# times smaller per axis than the stem convolution's output and keep under a tenth of the
+# activation memory, so recomputing them would cost step time and save almost nothing.
 CHECKPOINTED_PARTS: tuple[str, ...] = ("stem", "layer1", "layer2")
 
 

@@ -33,6 +33,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PIPELINE_PATHS: tuple[str, ...] = (
     ".dvc/.gitignore",
     ".dvc/config",
+    ".dvc/plots",
     ".dvcignore",
     ".gitignore",
     "dvc.yaml",

@@ -4,6 +4,7 @@ A module a stage imports but does not list as a dependency would let `dvc repro`
 stage whose code changed, so its outputs would no longer match the committed code.
 """
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from rsna.preprocess.settings import VolumeSpec
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 PIPELINE_FILES = ("dvc.yaml", "cv/dvc.yaml")
@@ -75,3 +78,18 @@ def test_stage_params_are_known_sections(pipeline, name, stage):
         assert section in params, f"{pipeline} stage {name}: unknown params section {section}"
         if key:
             assert key in params[section], f"{pipeline} stage {name}: unknown params key {entry}"
+
+
+def _model_stages() -> list[tuple[str, str, dict]]:
+    return [stage for stage in _stages() if "rsna/model.py" in stage[2]["deps"]]
+
+
+@pytest.mark.parametrize(("pipeline", "name", "stage"), _model_stages(), ids=lambda v: str(v)[:40])
+def test_model_stages_list_voxel_settings(pipeline, name, stage):
+    # Stages that train or score a model read only the preprocess keys that change the
+    # voxels; listing the whole section would retrain after a change of worker count.
+    params = [str(entry) for entry in stage.get("params", [])]
+    keys = {entry.partition(".")[2] for entry in params if entry.startswith("preprocess.")}
+
+    assert "preprocess" not in params, f"{pipeline} stage {name} lists all of preprocess"
+    assert keys == {field.name for field in dataclasses.fields(VolumeSpec)}

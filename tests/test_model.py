@@ -184,3 +184,18 @@ def test_location_head_maps_quarter_resolution():
 def test_location_maps_need_head():
     with pytest.raises(ModelConfigError, match="built without location_head"):
         _model()(torch.rand(SHAPE), with_location_maps=True)
+
+
+def test_location_maps_same_with_checkpointing():
+    images = torch.rand(SHAPE)
+    results = []
+    for checkpointing in (False, True):
+        model = _model(
+            location_head=True, position_encoding=True, gradient_checkpointing=checkpointing
+        )
+        logits, maps = model(images, with_location_maps=True)
+        (logits.sum() + maps.square().mean()).backward()
+        results.append((maps.detach(), model.conv1.weight.grad.clone()))
+
+    assert torch.equal(results[0][0], results[1][0])
+    torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-5, atol=1e-7)

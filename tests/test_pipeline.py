@@ -1,20 +1,20 @@
 """The whole default pipeline, run by the real `dvc` in a temporary git repository.
 
 The session fixture `pipeline_repo` runs `dvc repro` once on a tiny sample; these tests
-check what a user sees afterwards: the metrics, an up-to-date pipeline and an experiment.
+check what a user sees afterwards: the metrics, a pipeline with nothing to rerun and an
+experiment.
 """
 
 import json
+import re
 
 import pytest
-from pipeline_repo import run_dvc
+from pipeline_repo import pipeline_environment, run_command, run_dvc
 
 from rsna.labels import LABEL_COLUMNS
 
 pytest_plugins = ("pipeline_repo",)
 pytestmark = pytest.mark.slow
-
-UP_TO_DATE = "Data and pipelines are up to date."
 
 
 def test_repro_writes_challenge_metrics(pipeline_repo):
@@ -42,13 +42,21 @@ def test_repro_writes_every_declared_output(pipeline_repo):
         assert (pipeline_repo / relative).exists(), relative
 
 
-def test_second_repro_is_up_to_date(pipeline_repo):
-    status = run_dvc(pipeline_repo, "status", "dvc.yaml")
+def test_second_repro_runs_only_listing(pipeline_repo):
+    status = json.loads(run_dvc(pipeline_repo, "status", "--json", "dvc.yaml").stdout)
     repro = run_dvc(pipeline_repo, "repro")
+    lock_diff = run_command(
+        ["git", "diff", "--exit-code", "--", "dvc.lock"],
+        cwd=pipeline_repo,
+        env=pipeline_environment(pipeline_repo),
+        check=False,
+    )
 
-    assert UP_TO_DATE in status.stdout
-    assert "didn't change, skipping" in repro.stdout
-    assert "Running stage" not in repro.stdout
+    # `listing` is always_changed: it runs every time and leaves the rest up to date.
+    assert status == {"listing": ["always changed"]}
+    assert re.findall(r"Running stage '([^']+)'", repro.stdout) == ["listing"]
+    assert "Stage 'evaluate' didn't change, skipping" in repro.stdout
+    assert lock_diff.returncode == 0, lock_diff.stdout
 
 
 def test_experiment_shows_in_exp_show(pipeline_repo):

@@ -2,9 +2,9 @@
 
 A dataset has the layout the train and evaluate stages read: ``volumes/<uid>.npy``
 (float16, ``(z, y, x)``, values in [0, 1]), ``volumes_index.jsonl``, ``splits.csv`` and
-``manifest.jsonl``. Positive series get one bright cube per labelled location, on the
+``manifest.jsonl``. Positive series get one bright cube per labelled location: on the
 patient's left half (high ``x``) for Left locations and on the right half for Right
-ones, so a small network can learn the labels and a flip must swap them.
+ones. A small network can learn these labels, and a flip must swap them.
 """
 
 import csv

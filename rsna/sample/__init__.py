@@ -32,6 +32,10 @@ __all__ = ["SampleSettings", "SampleSummary", "write_sample_dataset"]
 
 MIN_MATRIX = 16
 MIN_SLICES = 8
+# Modification time of every file written, in seconds since the epoch (2025-01-01 UTC). The
+# listing stage fingerprints names, sizes and modification times, so a sample written
+# again from the same seed must carry the same times to give the same dvc.lock.
+FILE_MTIME_S = 1_735_689_600
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,7 @@ def write_sample_dataset(
         (staging / "series").mkdir()
         files = _write_all_series(plans, staging / "series", noise, workers)
         write_tables(plans, staging)
+        _set_modification_times(staging, FILE_MTIME_S)
         staging.chmod(0o755)
         _replace_folder(staging, out_dir)
     finally:
@@ -145,6 +150,13 @@ def _write_all_series(
 
 def _write_one(plan: SeriesPlan, *, series_root: Path, noise: float) -> int:
     return write_series(plan, series_root, noise)
+
+
+def _set_modification_times(folder: Path, mtime_s: int) -> None:
+    """Give every file and folder under ``folder`` (itself included) the time ``mtime_s``."""
+    for path in folder.rglob("*"):
+        os.utime(path, (mtime_s, mtime_s))
+    os.utime(folder, (mtime_s, mtime_s))
 
 
 def _replace_folder(new: Path, destination: Path) -> None:
