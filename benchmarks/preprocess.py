@@ -178,24 +178,29 @@ CASES = {
 
 def build_cases(work_dir: Path, *, size: int) -> dict[str, Path]:
     """Write the benchmark series once; return their folders by case name."""
-    folders = {}
-    for number, (name, (modality, slices, spacing, rle)) in enumerate(CASES.items(), start=1):
-        folder = work_dir / "series" / name
-        if not (folder / ".complete").exists():
-            shutil.rmtree(folder, ignore_errors=True)
-            logger.info("writing %s: %d slices of %d x %d", name, slices, size, size)
-            write_series(
-                folder,
-                series_number=number,
-                modality=modality,
-                slices=slices,
-                size=size,
-                spacing_mm=spacing,
-                rle=rle,
-            )
-            (folder / ".complete").touch()
-        folders[name] = folder
-    return folders
+    return {name: build_case(work_dir, name, size=size) for name in CASES}
+
+
+def build_case(work_dir: Path, name: str, *, size: int) -> Path:
+    """Write the series of case ``name`` once (a marker file records completion); return it."""
+    modality, slices, spacing, rle = CASES[name]
+    folder = work_dir / "series" / name
+    if (folder / ".complete").exists():
+        return folder
+
+    shutil.rmtree(folder, ignore_errors=True)
+    logger.info("writing %s: %d slices of %d x %d", name, slices, size, size)
+    write_series(
+        folder,
+        series_number=list(CASES).index(name) + 1,
+        modality=modality,
+        slices=slices,
+        size=size,
+        spacing_mm=spacing,
+        rle=rle,
+    )
+    (folder / ".complete").touch()
+    return folder
 
 
 def build_copies(work_dir: Path, *, count: int, slices: int, size: int) -> list[Path]:

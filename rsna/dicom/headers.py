@@ -1,9 +1,12 @@
 """Header pass: one small, picklable record per file, read without the pixel data.
 
-Each file is parsed once by pydicom up to the Pixel Data element. The byte offset of that
-element's value is recorded, so the pixel pass reads native pixel data straight from the
-file into a preallocated array without parsing the header again. Patient names,
-birth dates, institution and physician names are never copied into the records.
+Each file is parsed once up to the Pixel Data element, by :mod:`rsna.dicom.rawparse` when
+it covers the file (little-endian files with the usual layout) and by
+``pydicom.dcmread(stop_before_pixels=True)`` otherwise. Both give the same pydicom data
+set, so the values read from it are the same. The byte offset of the Pixel Data value is
+recorded, so the pixel pass reads native pixel data straight from the file into a
+preallocated array without parsing the header again. Patient names, birth dates,
+institution and physician names are never copied into the records.
 """
 
 import logging
@@ -15,11 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from rsna.dicom.enhanced import frame_planes_of_enhanced, is_enhanced
+from rsna.dicom.rawparse import UnsupportedHeaderError, parse_header
 from rsna.dicom.values import (
     read_float,
     read_floats,
@@ -44,6 +49,17 @@ HEADER_ERRORS = (
     IndexError,
     AttributeError,
     NotImplementedError,
+)
+# Top-level sequences that the header pass reads (rsna.dicom.enhanced and
+# _contrast_agent). The fast parse leaves undefined-length sequences out of the data set,
+# so pydicom reads a file where one of these has undefined length.
+SEQUENCES_READ = frozenset(
+    tag_for_keyword(keyword)
+    for keyword in (
+        "SharedFunctionalGroupsSequence",
+        "PerFrameFunctionalGroupsSequence",
+        "ContrastBolusAgentSequence",
+    )
 )
 
 
@@ -125,20 +141,22 @@ class FileHeader:
         return Path(self.path).name
 
 
-def read_headers(series_dir: str | os.PathLike) -> list[FileHeader]:
+def read_headers(series_dir: str | os.PathLike, *, fast_path: bool = True) -> list[FileHeader]:
     """Read the header of every file directly inside ``series_dir``, sorted by file name.
 
     Hidden files and sub-folders are skipped. A file that is not DICOM gives a record with
     ``problem`` set rather than an exception, so one stray file never stops a series.
+    ``fast_path=False`` parses every file with pydicom, for comparisons and benchmarks;
+    the records are the same.
     """
     folder = Path(series_dir)
     paths = sorted(
         path for path in folder.iterdir() if path.is_file() and not path.name.startswith(".")
     )
-    return [read_header(path) for path in paths]
+    return [read_header(path, fast_path=fast_path) for path in paths]
 
 
-def read_header(path: str | os.PathLike) -> FileHeader:
+def read_header(path: str | os.PathLike, *, fast_path: bool = True) -> FileHeader:
     """Read one file's header into a :class:`FileHeader`, stopping before the pixel data."""
     path = str(path)
     try:
@@ -146,11 +164,29 @@ def read_header(path: str | os.PathLike) -> FileHeader:
             # Headers from the wild carry odd character sets and invalid values; pydicom
             # warns about each, and every value used here is validated on conversion.
             warnings.simplefilter("ignore")
-            dataset = _parse_dataset(handle)
-            pixel_location = _locate_pixel_data(handle, dataset)
-            return _header_from_dataset(path, dataset, pixel_location)
+            dataset, pixel_location, transfer_syntax = _parse_file(handle, fast_path=fast_path)
+            return _header_from_dataset(path, dataset, pixel_location, transfer_syntax)
     except HEADER_ERRORS as error:
         return FileHeader(path=path, problem=f"not a readable DICOM file ({error})")
+
+
+def _parse_file(
+    handle: Any, *, fast_path: bool
+) -> tuple[Dataset, tuple[int, int | None] | None, str]:
+    """Return the data set before the pixel data, the Pixel Data location and the syntax.
+
+    The fast parse runs first unless ``fast_path`` is False; pydicom reads every file it
+    declines, from the start.
+    """
+    if fast_path:
+        try:
+            return parse_header(handle, sequences_read=SEQUENCES_READ)
+        except UnsupportedHeaderError as reason:
+            logger.debug("%s: read with pydicom, because %s", handle.name, reason)
+            handle.seek(0)
+
+    dataset = _parse_dataset(handle)
+    return dataset, _locate_pixel_data(handle, dataset), str(_transfer_syntax(dataset))
 
 
 def _parse_dataset(handle: Any) -> Dataset:
@@ -203,7 +239,10 @@ def _locate_pixel_data(handle: Any, dataset: Dataset) -> tuple[int, int | None] 
 
 
 def _header_from_dataset(
-    path: str, dataset: Dataset, pixel_location: tuple[int, int | None] | None
+    path: str,
+    dataset: Dataset,
+    pixel_location: tuple[int, int | None] | None,
+    transfer_syntax_uid: str,
 ) -> FileHeader:
     number_of_frames = max(read_int(dataset, "NumberOfFrames") or 1, 1)
     enhanced = is_enhanced(dataset)
@@ -212,6 +251,9 @@ def _header_from_dataset(
         if enhanced
         else (frame_plane_of_classic(dataset),) * number_of_frames
     )
+    # Read once here: three fields depend on each of them.
+    bits_allocated = read_int(dataset, "BitsAllocated")
+    pixel_representation = read_int(dataset, "PixelRepresentation")
     return FileHeader(
         path=path,
         sop_instance_uid=read_text(dataset, "SOPInstanceUID"),
@@ -221,16 +263,24 @@ def _header_from_dataset(
         modality=read_text(dataset, "Modality").upper(),
         patient_id=read_text(dataset, "PatientID"),
         image_type=tuple(value.upper() for value in read_texts(dataset, "ImageType")),
-        transfer_syntax_uid=str(_transfer_syntax(dataset)),
+        transfer_syntax_uid=transfer_syntax_uid,
         rows=read_int(dataset, "Rows") or 0,
         columns=read_int(dataset, "Columns") or 0,
         samples_per_pixel=read_int(dataset, "SamplesPerPixel") or 1,
-        bits_allocated=read_int(dataset, "BitsAllocated") or 0,
-        bits_stored=read_int(dataset, "BitsStored") or read_int(dataset, "BitsAllocated") or 0,
-        pixel_representation=read_int(dataset, "PixelRepresentation") or 0,
+        bits_allocated=bits_allocated or 0,
+        bits_stored=read_int(dataset, "BitsStored") or bits_allocated or 0,
+        pixel_representation=pixel_representation or 0,
         photometric_interpretation=read_text(dataset, "PhotometricInterpretation").upper(),
-        pixel_padding_value=_stored_integer(dataset, "PixelPaddingValue"),
-        pixel_padding_range_limit=_stored_integer(dataset, "PixelPaddingRangeLimit"),
+        pixel_padding_value=_stored_integer(
+            read_int(dataset, "PixelPaddingValue"),
+            bits_allocated=bits_allocated or 16,
+            signed=pixel_representation == 1,
+        ),
+        pixel_padding_range_limit=_stored_integer(
+            read_int(dataset, "PixelPaddingRangeLimit"),
+            bits_allocated=bits_allocated or 16,
+            signed=pixel_representation == 1,
+        ),
         has_pixel_data=pixel_location is not None or "PixelData" in dataset,
         pixel_data_offset=pixel_location[0] if pixel_location else None,
         pixel_data_length=pixel_location[1] if pixel_location else None,
@@ -247,28 +297,22 @@ def _header_from_dataset(
         scanning_sequence=tuple(value.upper() for value in read_texts(dataset, "ScanningSequence")),
         angio_flag=read_text(dataset, "AngioFlag").upper(),
         contrast_bolus_agent=_contrast_agent(dataset),
-        echo_time_ms=_echo_time(dataset),
+        echo_time_ms=_echo_time(dataset, enhanced=enhanced),
         repetition_time_ms=_first_float(
-            dataset, "RepetitionTime", "MRTimingAndRelatedParametersSequence"
+            dataset, "RepetitionTime", "MRTimingAndRelatedParametersSequence", enhanced=enhanced
         ),
         inversion_time_ms=read_float(dataset, "InversionTime"),
     )
 
 
-def _stored_integer(dataset: Dataset, keyword: str) -> int | None:
+def _stored_integer(value: int | None, *, bits_allocated: int, signed: bool) -> int | None:
     """Return a US-or-SS value (such as PixelPaddingValue) as the signed or unsigned pixel value.
 
     Writers often store a negative padding value of signed pixel data with VR US, which
-    reads as a large positive number; PixelRepresentation decides its sign.
+    reads as a large positive number; PixelRepresentation 1 (``signed``) makes it negative.
     """
-    value = read_int(dataset, keyword)
-    bits = read_int(dataset, "BitsAllocated") or 16
-    if (
-        value is not None
-        and read_int(dataset, "PixelRepresentation") == 1
-        and value >= 1 << (bits - 1)
-    ):
-        value -= 1 << bits
+    if value is not None and signed and value >= 1 << (bits_allocated - 1):
+        value -= 1 << bits_allocated
     return value
 
 
@@ -316,17 +360,21 @@ def _contrast_agent(dataset: Dataset) -> str:
     return ""
 
 
-def _echo_time(dataset: Dataset) -> float | None:
+def _echo_time(dataset: Dataset, *, enhanced: bool) -> float | None:
     echo = read_float(dataset, "EchoTime")
     if echo is not None:
         return echo
-    return _first_float(dataset, "EffectiveEchoTime", "MREchoSequence")
+    return _first_float(dataset, "EffectiveEchoTime", "MREchoSequence", enhanced=enhanced)
 
 
-def _first_float(dataset: Dataset, keyword: str, macro: str) -> float | None:
-    """Return a top-level value, or the same keyword from an enhanced functional group."""
+def _first_float(dataset: Dataset, keyword: str, macro: str, *, enhanced: bool) -> float | None:
+    """Return a top-level value, or the same keyword from an enhanced functional group.
+
+    ``enhanced`` is :func:`is_enhanced` of ``dataset``: without functional groups there
+    is nothing more to search.
+    """
     value = read_float(dataset, keyword)
-    if value is not None:
+    if value is not None or not enhanced:
         return value
     for groups_keyword in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
         groups = dataset.get(groups_keyword)
