@@ -141,7 +141,8 @@ def median_seconds(call: Callable[[], object], *, runs: int) -> tuple[float, lis
 def measure(setting: Setting, folder: Path, work_dir: Path, *, runs: int, device: str) -> dict:
     """Return the median seconds of each part for one setting."""
     checkpoint = write_checkpoint(work_dir / f"{setting.name}.pt", setting)
-    model = rsna.inference.load_model(checkpoint, device=device)
+    # Without the flip, as recorded in the results page; the flip is timed separately below.
+    model = rsna.inference.load_model(checkpoint, device=device, tta_flip=False)
     job = SeriesJob(series_dir=folder)
     volume, _ = preprocess_series(job, spec=setting.spec)
     image = prepare_image(volume, input_shape=setting.input_shape)

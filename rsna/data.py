@@ -41,10 +41,16 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 MAX_LOCALIZERS = 16
 # A sampler item: (index into the dataset, seed of that sample's augmentation generator).
 SampleKey = tuple[int, int]
+# Where the preprocess stage of dvc.yaml writes the series it rejected, with the reasons.
+PREPROCESS_REJECTS = "reports/preprocess_rejects.jsonl"
 
 
 class TooManyBadVolumesError(RuntimeError):
-    """More volumes of a split are missing or unusable than the allowed fraction."""
+    """Too many volumes of a split are missing or unusable, or none is usable."""
+
+
+class SplitsFileError(ValueError):
+    """A ``data/splits.csv`` that lacks a required column or the requested fold."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,8 +73,9 @@ class AugmentSettings:
 class VolumeRecord:
     """One series of a split: its volume file, labels (14, 0 or 1) and train.csv modality.
 
-    ``key`` is the volume index's fingerprint of the series and its preprocessing, empty
-    when the index has no line for the series. ``localizers`` are the aneurysm points
+    ``indexed`` is False when the volume index has no line for the series, which means
+    the preprocess stage rejected it; ``volume_sha256`` is then empty, and otherwise the
+    index's SHA-256 of the volume file. ``localizers`` are the aneurysm points
     ``(z, y, x, label)`` in voxel coordinates of the saved volume, ``label`` indexing
     :data:`rsna.labels.LABEL_COLUMNS`.
     """
@@ -77,8 +84,9 @@ class VolumeRecord:
     path: Path
     labels: tuple[int, ...]
     modality: str
-    key: str = ""
+    volume_sha256: str = ""
     localizers: tuple[tuple[float, float, float, int], ...] = ()
+    indexed: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,8 +102,9 @@ def read_splits(path: str | os.PathLike) -> dict[str, SplitAssignment]:
     with open(path, encoding="utf-8", newline="") as handle:
         rows = list(csv.DictReader(handle))
     if rows and not {"SeriesInstanceUID", "split", "fold"} <= set(rows[0]):
-        raise ValueError(
-            f"{path} must have columns SeriesInstanceUID, split and fold, found {sorted(rows[0])}"
+        raise SplitsFileError(
+            f"{path} must have columns SeriesInstanceUID, split and fold, found "
+            f"{sorted(rows[0])}; rerun the split stage to rewrite it"
         )
     return {
         row["SeriesInstanceUID"]: SplitAssignment(split=row["split"], fold=int(row["fold"]))
@@ -119,7 +128,10 @@ def select_series(
 
     folds = {entry.fold for entry in assignments.values() if entry.split != "test"}
     if fold not in folds:
-        raise ValueError(f"fold {fold} not found in splits.csv; folds present: {sorted(folds)}")
+        raise SplitsFileError(
+            f"fold {fold} not found in splits.csv; folds present: {sorted(folds)}. "
+            "Choose one of them, or rerun the split stage with more split.folds"
+        )
     in_fold = role == "val"
     return sorted(
         uid
@@ -140,8 +152,8 @@ def load_split_records(
     """Return the records of the series that play ``split`` (see :func:`select_series`).
 
     Records are sorted by SeriesInstanceUID. A series with no line in the volume index
-    (rejected by the preprocess stage) keeps the expected file name, so
-    :func:`screen_volumes` reports and counts it as missing.
+    (rejected by the preprocess stage) gets ``indexed=False`` and the expected file name,
+    and :func:`screen_volumes` skips it and counts it apart from unusable volumes.
     """
     volumes_dir = Path(volumes_dir)
     uids = select_series(read_splits(splits_path), role=split, fold=fold)
@@ -166,8 +178,9 @@ def load_split_records(
                 path=volumes_dir / Path(file_name).name,
                 labels=tuple(int(value) for value in manifest[uid]["labels"]),
                 modality=str(entry.get("Modality", manifest[uid].get("Modality"))),
-                key=str(entry.get("key", "")),
+                volume_sha256=str(entry.get("sha256", "")),
                 localizers=localizer_points(entry.get("localizers_zyx", []), uid=uid),
+                indexed=uid in index,
             )
         )
     where = "" if fold is None else f" (cross-validation fold {fold})"
@@ -210,7 +223,7 @@ def check_volume(path: Path, *, expected_shape: tuple[int, ...], check_values: b
     With ``check_values`` every voxel is read once to reject NaN and infinite values.
     """
     if not path.is_file():
-        return f"volume file {path} not found (rejected by preprocess?)"
+        return f"volume file {path} not found, although the volume index lists it"
     try:
         volume = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as error:
@@ -237,10 +250,66 @@ def screen_volumes(
 ) -> list[VolumeRecord]:
     """Return the records whose volumes are usable; log and count the others.
 
-    Each skipped series gets one WARNING with its UID and the reason. Raises
-    :class:`TooManyBadVolumesError` when the skipped fraction exceeds
-    ``max_bad_fraction`` or nothing usable is left.
+    Two kinds of series are skipped, each with one WARNING naming the series. Series the
+    volume index does not list were rejected by the preprocess stage; they do not count
+    against ``max_bad_fraction``, because rerunning that stage cannot bring them back.
+    Series the index lists whose file is missing, unreadable, of another shape or not
+    finite are unusable. Raises :class:`TooManyBadVolumesError` when the unusable fraction
+    of the indexed series exceeds ``max_bad_fraction``, or when nothing usable is left.
     """
+    rejected = [record for record in records if not record.indexed]
+    for record in rejected:
+        logger.warning(
+            "Series %s skipped from %s: rejected by the preprocess stage (not in the volume "
+            "index); the reason is in %s",
+            record.SeriesInstanceUID,
+            split,
+            PREPROCESS_REJECTS,
+        )
+
+    indexed = [record for record in records if record.indexed]
+    usable = _usable_volumes(
+        indexed, split=split, expected_shape=expected_shape, check_values=check_values
+    )
+
+    bad = len(indexed) - len(usable)
+    fraction = bad / len(indexed) if indexed else 0.0
+    if not usable:
+        raise TooManyBadVolumesError(
+            _nothing_usable_message(split, total=len(records), rejected=len(rejected), bad=bad)
+        )
+    if fraction > max_bad_fraction:
+        raise TooManyBadVolumesError(
+            f"{bad} of {len(indexed)} {split} volumes listed in the volume index are missing "
+            f"or unusable ({fraction:.1%} > max_bad_fraction {max_bad_fraction:.1%}); check "
+            "the warnings above, then rerun the preprocess stage (dvc repro preprocess) to "
+            "rewrite missing or damaged volumes, or raise max_bad_fraction to skip them"
+        )
+    if bad or rejected:
+        logger.warning(
+            "Split %s: %d of %d series skipped: %d rejected by the preprocess stage, "
+            "%d with an unusable volume",
+            split,
+            bad + len(rejected),
+            len(records),
+            len(rejected),
+            bad,
+        )
+    return usable
+
+
+def count_preprocess_rejected(records: Sequence[VolumeRecord]) -> int:
+    """Return how many of ``records`` the volume index does not list (rejected by preprocess)."""
+    return sum(not record.indexed for record in records)
+
+
+def _usable_volumes(
+    records: Sequence[VolumeRecord],
+    *,
+    split: str,
+    expected_shape: tuple[int, ...],
+    check_values: bool,
+) -> list[VolumeRecord]:
     usable = []
     for record in tqdm(
         records, desc=f"check {split} volumes", unit="volume", disable=progress_disabled()
@@ -250,18 +319,27 @@ def screen_volumes(
             usable.append(record)
         else:
             logger.warning("Series %s skipped from %s: %s", record.SeriesInstanceUID, split, reason)
-
-    bad = len(records) - len(usable)
-    fraction = bad / len(records) if records else 1.0
-    if not usable or fraction > max_bad_fraction:
-        raise TooManyBadVolumesError(
-            f"{bad} of {len(records)} {split} volumes are missing or unusable "
-            f"({fraction:.1%} > max_bad_fraction {max_bad_fraction:.1%}); "
-            "check the warnings above and rerun the preprocess stage"
-        )
-    if bad:
-        logger.warning("Split %s: %d of %d volumes skipped", split, bad, len(records))
     return usable
+
+
+def _nothing_usable_message(split: str, *, total: int, rejected: int, bad: int) -> str:
+    if total == 0:
+        return (
+            f"the {split} split has no series in splits.csv; rerun the split stage with more "
+            "series in the manifest or a larger fraction for this split"
+        )
+    if bad == 0:
+        return (
+            f"all {total} {split} series were rejected by the preprocess stage (reasons in "
+            f"{PREPROCESS_REJECTS}); fix or replace those series, or add series, so that the "
+            f"{split} split has at least one usable volume"
+        )
+    return (
+        f"no usable {split} volume: {bad} of {total} series have a missing or unusable volume "
+        f"and {rejected} were rejected by the preprocess stage (reasons in "
+        f"{PREPROCESS_REJECTS}); check the warnings above, then rerun the preprocess stage "
+        "(dvc repro preprocess) to rewrite missing or damaged volumes"
+    )
 
 
 def window_start(size: int, target: int, *, rng: np.random.Generator | None, max_shift: int) -> int:

@@ -25,6 +25,7 @@ from rsna.data import (
     EpochSampler,
     VolumeDataset,
     VolumeRecord,
+    count_preprocess_rejected,
     extract_window,
     load_split_records,
     make_loader,
@@ -193,7 +194,7 @@ def evaluate_checkpoint(
     fold: int | None = None,
     batch_size: int = 4,
     num_workers: int = 0,
-    tta_flip: bool = False,
+    tta_flip: bool = True,
     device: str = "auto",
     precision: str = "float32",
     threads: int = 0,
@@ -251,6 +252,7 @@ def evaluate_checkpoint(
         checkpoint=checkpoint,
         tta_flip=tta_flip,
         skipped=len(records) - len(usable),
+        preprocess_rejected=count_preprocess_rejected(records),
     )
     _write_outputs(
         dataset,
@@ -270,7 +272,13 @@ def _metrics(
     checkpoint: dict[str, Any],
     tta_flip: bool,
     skipped: int,
+    preprocess_rejected: int,
 ) -> dict[str, Any]:
+    """Return the content of the metrics JSON.
+
+    ``skipped_series`` counts every series of the split left out, and
+    ``preprocess_rejected_series`` those of them that the preprocess stage rejected.
+    """
     targets = dataset.labels_array()
     aucs = per_label_auroc(probabilities, targets)
     score = challenge_score(aucs, context="test")
@@ -284,6 +292,7 @@ def _metrics(
         "auc": aucs,
         "series": len(dataset),
         "skipped_series": skipped,
+        "preprocess_rejected_series": preprocess_rejected,
         "tta_flip": tta_flip,
         "checkpoint_epoch": checkpoint["epoch"],
         "modality": modality_report(dataset.records, probabilities, targets),

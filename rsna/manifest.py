@@ -18,7 +18,6 @@ import math
 import os
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -37,6 +36,7 @@ from rsna.labels import (
     TRAIN_CSV_COLUMNS,
 )
 from rsna.logs import progress_disabled
+from rsna.signals import process_pool
 from rsna.uid import InvalidUIDError, validate_uid
 
 logger = logging.getLogger(__name__)
@@ -132,7 +132,10 @@ def _fields_to_row(fields: list[str], columns: tuple[str, ...]) -> dict[str, str
 
 def _parse_label(column: str, text: str) -> int:
     if text.strip() not in ("0", "1"):
-        raise InvalidRowError(f"label {column!r} is {text!r}, expected 0 or 1")
+        raise InvalidRowError(
+            f"label {column!r} is {text!r}, expected 0 or 1; fix the value in train.csv "
+            "or remove the row"
+        )
     return int(text)
 
 
@@ -329,7 +332,8 @@ def _scan_one(series_dir: Path) -> SeriesSummary | str:
 def scan_series_folders(series_dirs: list[Path], *, workers: int) -> list[SeriesSummary | str]:
     """Scan each folder's headers, in ``workers`` processes (0 = one per CPU core).
 
-    Returns a SeriesSummary or a rejection reason per folder, in input order.
+    Returns a SeriesSummary or a rejection reason per folder, in input order. SIGTERM or
+    an error stops the worker processes at once (see :func:`rsna.signals.process_pool`).
     """
     if workers < 0:
         raise ValueError(f"workers must be >= 0 (0 = one per CPU core), got {workers}")
@@ -344,7 +348,7 @@ def scan_series_folders(series_dirs: list[Path], *, workers: int) -> list[Series
     if workers == 1:
         return list(progress(map(_scan_one, series_dirs)))
     chunksize = max(1, min(16, len(series_dirs) // (workers * 8)))
-    with ProcessPoolExecutor(max_workers=workers) as executor:
+    with process_pool(workers) as executor:
         return list(progress(executor.map(_scan_one, series_dirs, chunksize=chunksize)))
 
 
@@ -437,7 +441,11 @@ def _records_from_folders(
             present.append(row)
         else:
             rejects.append(
-                _reject(uid, f"series folder {SERIES_FOLDER}/{uid} not found in {data_root}")
+                _reject(
+                    uid,
+                    f"series folder {SERIES_FOLDER}/{uid} not found in {data_root}; check "
+                    "that the download is complete, or remove the row from train.csv",
+                )
             )
 
     folders = [data_root / SERIES_FOLDER / row.SeriesInstanceUID for row in present]

@@ -2,17 +2,34 @@
 
 Reads the ``evaluate`` section of params.yaml (and ``preprocess``, which must match the
 checkpoint's), then writes the metrics JSON (challenge score, per-label and per-modality
-AUROC), the ROC curve CSV and the per-series predictions CSV.
+AUROC), the ROC curve CSV and the per-series predictions CSV. Invalid params, too many
+unusable volumes and an unusable or mismatched checkpoint are logged as one ERROR line,
+and the stage exits with status 1.
 """
 
 import argparse
 import dataclasses
+import logging
 import sys
 
-from rsna.config import dataclass_to_section, load_section, section_to_dataclass
+from rsna.config import ParamsError, dataclass_to_section, load_section, section_to_dataclass
+from rsna.data import SplitsFileError, TooManyBadVolumesError
 from rsna.evaluation import EvaluateSettings, evaluate_checkpoint
 from rsna.logs import configure_logging
+from rsna.model import ModelConfigError
 from rsna.preprocess.settings import PreprocessParams
+from rsna.training.checkpoint import CheckpointError
+
+logger = logging.getLogger("stages.evaluate")
+
+# Failures whose message names the cause and the fix; anything else keeps its traceback.
+EXPECTED_ERRORS = (
+    ParamsError,
+    SplitsFileError,
+    TooManyBadVolumesError,
+    CheckpointError,
+    ModelConfigError,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,6 +53,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging()
 
+    try:
+        _evaluate(args)
+    except EXPECTED_ERRORS as error:
+        logger.error("%s", error)
+        return 1
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> None:
     settings = section_to_dataclass(
         EvaluateSettings, load_section(args.params, "evaluate"), section="evaluate"
     )
@@ -55,7 +81,6 @@ def main(argv: list[str] | None = None) -> int:
         fold=args.fold,
         **dataclasses.asdict(settings),
     )
-    return 0
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import sys
 from rsna.config import ParamsError, load_section, section_to_dataclass
 from rsna.logs import configure_logging
 from rsna.manifest import ManifestError, ManifestSettings, build_manifest
+from rsna.signals import sigterm_raises
 
 logger = logging.getLogger("stages.manifest")
 
@@ -28,12 +29,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         section = load_section(args.params, "manifest")
         settings = section_to_dataclass(ManifestSettings, section, section="manifest")
-        build_manifest(
-            data_root=args.data_root,
-            out_path=args.out,
-            rejects_path=args.rejects,
-            workers=settings.workers,
-        )
+        with sigterm_raises():
+            build_manifest(
+                data_root=args.data_root,
+                out_path=args.out,
+                rejects_path=args.rejects,
+                workers=settings.workers,
+            )
     except (ParamsError, ManifestError) as error:
         logger.error("%s", error)
         return 1

@@ -14,6 +14,7 @@ from pathlib import Path
 from rsna.config import ParamsError, load_section, section_to_dataclass
 from rsna.logs import configure_logging
 from rsna.sample import SampleSettings, write_sample_dataset
+from rsna.signals import sigterm_raises
 
 logger = logging.getLogger("stages.sample")
 
@@ -42,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     if Path(data_root).resolve() != Path(args.out).resolve():
         logger.info("data.root is %s, not %s: writing an empty sample", data_root, args.out)
         series = 0
-    write_sample_dataset(args.out, series=series, seed=settings.seed, workers=settings.workers)
+    with sigterm_raises():
+        write_sample_dataset(args.out, series=series, seed=settings.seed, workers=settings.workers)
     return 0
 
 

@@ -4,17 +4,36 @@ Reads the ``train`` section of params.yaml (and ``preprocess``, whose voxel sett
 stored in the checkpoints), then writes ``best.pt`` and ``last.pt`` into the models
 folder, the metrics JSON, the per-epoch history CSV and the activation statistics CSV.
 Run again after a crash or a kill, the same command continues from ``last.pt``.
+Invalid params, too many unusable volumes, an unusable checkpoint and a diverging loss
+are logged as one ERROR line, and the stage exits with status 1.
 """
 
 import argparse
+import logging
 import sys
 
-from rsna.config import dataclass_to_section, load_section, section_to_dataclass
+from rsna.config import ParamsError, dataclass_to_section, load_section, section_to_dataclass
+from rsna.data import SplitsFileError, TooManyBadVolumesError
 from rsna.logs import configure_logging
+from rsna.model import ModelConfigError
 from rsna.preprocess.settings import PreprocessParams
 from rsna.training import TrainPaths, launch_training
+from rsna.training.checkpoint import CheckpointError
 from rsna.training.distributed import process_log_level
 from rsna.training.settings import train_settings_from_section
+from rsna.training.trainer import NonFiniteLossError
+
+logger = logging.getLogger("stages.train")
+
+# Failures whose message names the cause and the fix; anything else keeps its traceback.
+EXPECTED_ERRORS = (
+    ParamsError,
+    SplitsFileError,
+    TooManyBadVolumesError,
+    CheckpointError,
+    ModelConfigError,
+    NonFiniteLossError,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,6 +57,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging(process_log_level())
 
+    try:
+        return _train(args, argv)
+    except EXPECTED_ERRORS as error:
+        logger.error("%s", error)
+        return 1
+
+
+def _train(args: argparse.Namespace, argv: list[str] | None) -> int:
     settings = train_settings_from_section(load_section(args.params, "train"))
     preprocess = section_to_dataclass(
         PreprocessParams, load_section(args.params, "preprocess"), section="preprocess"

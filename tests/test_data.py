@@ -1,3 +1,4 @@
+import json
 import logging
 
 import numpy as np
@@ -6,12 +7,15 @@ import torch
 from training_fixtures import location_centre, uid_of, write_dataset
 
 from rsna.data import (
+    PREPROCESS_REJECTS,
     AugmentSettings,
     EpochSampler,
     SplitAssignment,
+    SplitsFileError,
     TooManyBadVolumesError,
     VolumeDataset,
     VolumeRecord,
+    count_preprocess_rejected,
     extract_window,
     flip_left_right,
     load_split_records,
@@ -128,7 +132,7 @@ def test_dataset_sample_fields(tmp_path):
     assert sample["SeriesInstanceUID"] == uid_of(1)
     assert sample["Modality"] == "CTA"
     assert sample["index"] == 1
-    assert records[0].key == f"key-{uid_of(0)}"
+    assert records[0].volume_sha256 == f"sha256-{uid_of(0)}"
 
 
 def test_augmentation_depends_only_on_seed(tmp_path):
@@ -191,7 +195,10 @@ def test_screen_skips_bad_volumes_with_warnings(tmp_path, caplog):
     )
     assert f"Series {uid_of(3)} skipped from train: volume shape (4, 8, 9) differs" in caplog.text
     assert f"Series {uid_of(4)} skipped from train: volume contains NaN" in caplog.text
-    assert "4 of 8 volumes skipped" in caplog.text
+    assert (
+        "Split train: 4 of 8 series skipped: 0 rejected by the preprocess stage, "
+        "4 with an unusable volume" in caplog.text
+    )
 
 
 def test_screen_fails_above_bad_fraction(tmp_path):
@@ -199,12 +206,137 @@ def test_screen_fails_above_bad_fraction(tmp_path):
     records[0].path.unlink()
     records[1].path.unlink()
 
-    with pytest.raises(
-        TooManyBadVolumesError,
-        match=r"2 of 4 val volumes are missing or unusable \(50.0% > max_bad_fraction 25.0%\)",
-    ):
+    with pytest.raises(TooManyBadVolumesError) as raised:
         screen_volumes(
             records, split="val", expected_shape=(4, 8, 8), check_values=True, max_bad_fraction=0.25
+        )
+
+    message = str(raised.value)
+    assert message.startswith(
+        "2 of 4 val volumes listed in the volume index are missing or unusable "
+        "(50.0% > max_bad_fraction 25.0%)"
+    )
+    assert "rerun the preprocess stage (dvc repro preprocess)" in message
+    assert "or raise max_bad_fraction" in message
+
+
+def _drop_from_index(paths: dict, uids: list[str]) -> None:
+    """Remove series from the volume index and their files, as the preprocess stage does."""
+    index = [json.loads(line) for line in paths["index"].read_text().splitlines()]
+    kept = [record for record in index if record["SeriesInstanceUID"] not in uids]
+    paths["index"].write_text("".join(json.dumps(record) + "\n" for record in kept))
+    for uid in uids:
+        (paths["volumes"] / f"{uid}.npy").unlink()
+
+
+def _test_records(paths: dict) -> list[VolumeRecord]:
+    return load_split_records(
+        split="test",
+        volumes_dir=paths["volumes"],
+        index_path=paths["index"],
+        splits_path=paths["splits"],
+        manifest_path=paths["manifest"],
+    )
+
+
+def test_series_missing_from_index_marked(tmp_path):
+    paths = write_dataset(tmp_path, counts={"test": 3})
+    _drop_from_index(paths, [uid_of(1)])
+
+    records = _test_records(paths)
+
+    assert [record.indexed for record in records] == [True, False, True]
+    assert records[1].volume_sha256 == ""
+    assert count_preprocess_rejected(records) == 1
+
+
+def test_preprocess_rejects_not_counted_as_bad(tmp_path, caplog):
+    paths = write_dataset(tmp_path, counts={"test": 5})
+    _drop_from_index(paths, [uid_of(2)])
+    records = _test_records(paths)
+
+    with caplog.at_level(logging.WARNING):
+        usable = screen_volumes(
+            records,
+            split="test",
+            expected_shape=(16, 32, 32),
+            check_values=True,
+            max_bad_fraction=0.05,
+        )
+
+    assert [record.SeriesInstanceUID for record in usable] == [uid_of(n) for n in (0, 1, 3, 4)]
+    assert (
+        f"Series {uid_of(2)} skipped from test: rejected by the preprocess stage (not in the "
+        f"volume index); the reason is in {PREPROCESS_REJECTS}" in caplog.text
+    )
+    assert (
+        "Split test: 1 of 5 series skipped: 1 rejected by the preprocess stage, "
+        "0 with an unusable volume" in caplog.text
+    )
+
+
+def test_listed_but_missing_volume_still_counts(tmp_path):
+    paths = write_dataset(tmp_path, counts={"test": 5})
+    _drop_from_index(paths, [uid_of(0)])
+    (paths["volumes"] / f"{uid_of(1)}.npy").unlink()
+    records = _test_records(paths)
+
+    with pytest.raises(
+        TooManyBadVolumesError,
+        match=r"^1 of 4 test volumes listed in the volume index are missing or unusable "
+        r"\(25.0% > max_bad_fraction 5.0%\)",
+    ):
+        screen_volumes(
+            records,
+            split="test",
+            expected_shape=(16, 32, 32),
+            check_values=False,
+            max_bad_fraction=0.05,
+        )
+
+
+@pytest.mark.parametrize(
+    ("rejected", "missing", "message"),
+    [
+        (
+            [0, 1, 2],
+            [],
+            r"^all 3 test series were rejected by the preprocess stage \(reasons in "
+            r"reports/preprocess_rejects.jsonl\); fix or replace those series, or add series",
+        ),
+        (
+            [0],
+            [1, 2],
+            r"^no usable test volume: 2 of 3 series have a missing or unusable volume and 1 "
+            r"were rejected by the preprocess stage .*rerun the preprocess stage",
+        ),
+    ],
+    ids=["all-rejected", "rejected-and-missing"],
+)
+def test_nothing_usable_fails_with_fix(tmp_path, rejected, missing, message):
+    paths = write_dataset(tmp_path, counts={"test": 3})
+    _drop_from_index(paths, [uid_of(number) for number in rejected])
+    for number in missing:
+        (paths["volumes"] / f"{uid_of(number)}.npy").unlink()
+    records = _test_records(paths)
+
+    with pytest.raises(TooManyBadVolumesError, match=message):
+        screen_volumes(
+            records,
+            split="test",
+            expected_shape=(16, 32, 32),
+            check_values=False,
+            max_bad_fraction=1.0,
+        )
+
+
+def test_empty_split_fails_with_fix():
+    with pytest.raises(
+        TooManyBadVolumesError,
+        match=r"^the val split has no series in splits.csv; rerun the split stage",
+    ):
+        screen_volumes(
+            [], split="val", expected_shape=(4, 8, 8), check_values=False, max_bad_fraction=0.05
         )
 
 
@@ -223,7 +355,8 @@ def test_select_series_folds():
     assert select_series(assignments, role="val", fold=0) == ["1.1", "1.3"]
     assert select_series(assignments, role="test", fold=0) == ["1.5"]
     with pytest.raises(
-        ValueError, match=r"fold 2 not found in splits.csv; folds present: \[0, 1\]"
+        SplitsFileError,
+        match=r"fold 2 not found in splits.csv; folds present: \[0, 1\]. Choose one of them",
     ):
         select_series(assignments, role="val", fold=2)
 

@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -48,6 +49,53 @@ def test_inspect_volume_exit_0(tmp_path, capsys):
     assert report["canonical_shape"] == [6, 8, 6]
     assert report["modality"] == "CT"
     assert "1 missing slice" in report["reason"]
+    assert report["warnings"] == [f"corrected: {report['reason']}"]
+
+
+def test_inspect_gantry_tilt_in_warnings(tmp_path, capsys):
+    write_series(tmp_path, stored=head_ct_values((6, 8, 6)), shear_mm=(0.0, 0.5, 0.0))
+
+    status, report, _ = run_inspect(tmp_path, capsys)
+
+    assert status == 0
+    assert report["reason"].startswith("gantry tilt of 26.6 deg detected")
+    assert report["warnings"] == [f"corrected: {report['reason']}"]
+
+
+def test_inspect_plain_volume_has_no_warnings(tmp_path, capsys):
+    write_series(tmp_path, stored=head_ct_values((4, 8, 6)))
+
+    status, report, _ = run_inspect(tmp_path, capsys)
+
+    assert status == 0
+    assert report["reason"] is None
+    assert report["warnings"] == []
+
+
+def test_inspect_prints_rounded_floats(tmp_path, capsys):
+    write_series(
+        tmp_path,
+        stored=head_ct_values((5, 8, 6)),
+        spacing_mm=(0.7, 0.3, 0.7),
+        first_position_mm=(-10.1, -20.3, 30.7),
+    )
+    library = inspect_series(tmp_path)
+
+    status, report, _ = run_inspect(tmp_path, capsys)
+
+    assert status == 0
+    assert library["spacing_mm"][0] == 0.7000000000000002
+    assert report["spacing_mm"] == [0.7, 0.3, 0.7]
+    assert report["canonical_spacing_mm"] == [0.7, 0.3, 0.7]
+
+
+def test_rounded_for_display_keeps_other_values():
+    report = {"a": [1.23456789, 2], "b": {"c": (0.1 + 0.2,)}, "d": "0.30000000000000004"}
+
+    rounded = inspect_command.rounded_for_display(report)
+
+    assert rounded == {"a": [1.234568, 2], "b": {"c": [0.3]}, "d": "0.30000000000000004"}
+    assert report["a"][0] == 1.23456789
 
 
 def test_inspect_rejected_exit_1(tmp_path, capsys):
@@ -75,6 +123,23 @@ def test_inspect_series_never_raises(tmp_path):
 
     assert report["verdict"] == "rejected"
     assert report["dropped"][0]["what"] == "notes.txt"
+
+
+def test_text_files_named_dcm_logged_once(tmp_path, caplog):
+    write_series(tmp_path, stored=head_ct_values((3, 8, 8)))
+    for name in ("readme.dcm", "b.dcm", "a.dcm", "c.dcm"):
+        (tmp_path / name).write_text("not an image", encoding="utf-8")
+
+    with caplog.at_level(logging.WARNING, logger="rsna.dicom"):
+        volume = read_series(tmp_path)
+
+    assert volume.shape == (3, 8, 8)
+    warnings = [r.message for r in caplog.records if r.name == "rsna.dicom.grouping"]
+    assert warnings == [
+        f"series folder {tmp_path}: left out 4 of 7 files that are not readable DICOM "
+        "(a.dcm, b.dcm, c.dcm, ...). Run rsna inspect on the folder for each reason, then "
+        "replace these files with the downloaded ones or remove them"
+    ]
 
 
 def test_localizer_unknown_instance(tmp_path):

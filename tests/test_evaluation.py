@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from training_fixtures import tiny_train_section, write_dataset, write_params
 
 from rsna.evaluation import (
@@ -151,45 +152,108 @@ def test_evaluate_rejects_other_preprocessing(trained, tmp_path):
     assert not (tmp_path / "m.json").exists()
 
 
-def test_evaluate_stage_on_fold(trained, tmp_path):
+def _load_evaluate_stage():
     spec = importlib.util.spec_from_file_location(
         "evaluate_stage", REPOSITORY / "stages" / "evaluate.py"
     )
     stage = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(stage)
+    return stage
+
+
+def _stage_argv(trained, out: Path, params: Path, **paths) -> list[str]:
+    """Return stages/evaluate.py arguments; ``paths`` replaces inputs such as ``volumes``."""
+    inputs = {key: trained[key] for key in ("checkpoint", "volumes", "index", "splits")}
+    inputs = {**inputs, "manifest": trained["manifest"], **paths}
+    argv = ["--params", str(params)]
+    for key, value in inputs.items():
+        argv += [f"--{key}", str(value)]
+    argv += ["--metrics", str(out / "evaluate.json"), "--roc", str(out / "roc.csv")]
+    return [*argv, "--predictions", str(out / "predictions.csv")]
+
+
+def test_evaluate_stage_on_fold(trained, tmp_path):
+    stage = _load_evaluate_stage()
     params = write_params(
         tmp_path / "params.yaml",
         train=tiny_train_section(),
         evaluate={"device": "cpu", "tta_flip": False},
     )
 
-    status = stage.main(
-        [
-            "--params",
-            str(params),
-            "--checkpoint",
-            str(trained["checkpoint"]),
-            "--volumes",
-            str(trained["volumes"]),
-            "--index",
-            str(trained["index"]),
-            "--splits",
-            str(trained["splits"]),
-            "--manifest",
-            str(trained["manifest"]),
-            "--metrics",
-            str(tmp_path / "fold.json"),
-            "--roc",
-            str(tmp_path / "roc.csv"),
-            "--predictions",
-            str(tmp_path / "predictions.csv"),
-            "--fold",
-            "1",
-        ]
-    )
+    status = stage.main([*_stage_argv(trained, tmp_path, params), "--fold", "1"])
 
     assert status == 0
-    metrics = json.loads((tmp_path / "fold.json").read_text())
+    metrics = json.loads((tmp_path / "evaluate.json").read_text())
     # Fold 1 of the 36 train and val series: every second one.
     assert metrics["series"] == 18
     assert metrics["tta_flip"] is False
+
+
+def test_preprocess_reject_skipped_not_failing(trained, tmp_path, caplog):
+    index = [json.loads(line) for line in trained["index"].read_text().splitlines()]
+    rejected = index[36]["SeriesInstanceUID"]
+    kept = [record for record in index if record["SeriesInstanceUID"] != rejected]
+    (tmp_path / "index.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+    metrics = _evaluate(
+        {**trained, "index": tmp_path / "index.jsonl"}, tmp_path, max_bad_fraction=0.05
+    )
+
+    assert metrics["series"] == 11
+    assert metrics["skipped_series"] == 1
+    assert metrics["preprocess_rejected_series"] == 1
+    assert f"Series {rejected} skipped from test: rejected by the preprocess stage" in caplog.text
+    uids = [row["SeriesInstanceUID"] for row in _read_csv(tmp_path / "predictions.csv")]
+    assert rejected not in uids
+
+
+def _other_window_params(path: Path) -> Path:
+    params = yaml.safe_load(path.read_text())
+    params["preprocess"]["ct_window_hu"] = [0.0, 400.0]
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("evaluate", "change", "message"),
+    [
+        (
+            {"device": "cpu", "tta_flips": True},
+            None,
+            "params section 'evaluate' has unknown keys ['tta_flips']",
+        ),
+        (
+            {"device": "cpu"},
+            "window",
+            "was trained with other params: preprocess.ct_window_hu: [-100.0, 600.0] -> "
+            "[0.0, 400.0]. Use a checkpoint trained with these params, or retrain",
+        ),
+        (
+            {"device": "cpu"},
+            "no-volumes",
+            "no usable test volume: 12 of 12 series have a missing or unusable volume",
+        ),
+        ({"device": "cpu"}, "no-checkpoint", "none.pt not found; run the train stage first"),
+    ],
+    ids=["unknown-key", "other-preprocessing", "no-volumes", "no-checkpoint"],
+)
+def test_evaluate_stage_error_one_line(trained, tmp_path, capsys, evaluate, change, message):
+    stage = _load_evaluate_stage()
+    params = write_params(tmp_path / "params.yaml", train=tiny_train_section(), evaluate=evaluate)
+    paths = {}
+    if change == "window":
+        _other_window_params(params)
+    elif change == "no-volumes":
+        paths["volumes"] = tmp_path / "empty"
+    elif change == "no-checkpoint":
+        paths["checkpoint"] = tmp_path / "none.pt"
+
+    status = stage.main(_stage_argv(trained, tmp_path, params, **paths))
+
+    assert status == 1
+    stderr = capsys.readouterr().err
+    errors = [line for line in stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1
+    assert message in errors[0]
+    assert "Traceback" not in stderr
+    assert not (tmp_path / "evaluate.json").exists()

@@ -26,7 +26,7 @@ import rsna.inference
 from rsna.cli import build_parser
 from rsna.evaluation import evaluate_checkpoint, predict_volume
 from rsna.inference import CHECKPOINT_VARIABLE, OUTPUT_COLUMNS, find_series_dirs
-from rsna.inference.series import SeriesPathError
+from rsna.inference.series import SeriesPathError, describe_dropped
 from rsna.labels import LABEL_COLUMNS
 from rsna.preprocess.runner import preprocess_dataset
 from rsna.preprocess.series import SeriesJob, preprocess_series
@@ -182,6 +182,12 @@ def _no_process_model():
     rsna.inference.unload_model()
 
 
+@pytest.fixture(autouse=True)
+def _outside_repository(tmp_path, monkeypatch):
+    """Run in an empty folder, so that predict finds no ./params.yaml unless a test writes one."""
+    monkeypatch.chdir(tmp_path)
+
+
 def _read_csv(path: Path) -> list[dict]:
     with open(path, newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
@@ -210,7 +216,7 @@ def _prevalence(checkpoint: Path) -> np.ndarray:
 @pytest.mark.parametrize("tta_flip", [False, True])
 def test_cli_matches_evaluate_stage(world, tmp_path, tta_flip):
     out = tmp_path / "predictions.csv"
-    flags = ["--tta-flip"] if tta_flip else []
+    flags = ["--tta-flip"] if tta_flip else ["--no-tta-flip"]
 
     status = _predict_on_cpu(world["checkpoint"], out, [world["root"] / "series"], *flags)
 
@@ -223,8 +229,52 @@ def test_cli_matches_evaluate_stage(world, tmp_path, tta_flip):
         np.testing.assert_allclose(_probabilities(row), expected, rtol=0, atol=TOLERANCE)
 
 
-def test_predict_function_matches_evaluate_stage(world):
-    rsna.inference.load_model(world["checkpoint"], device="cpu", tta_flip=True)
+@pytest.mark.parametrize(
+    ("evaluate", "expected_flip"),
+    [
+        (None, True),
+        ({"tta_flip": False, "precision": "float32"}, False),
+        ({"tta_flip": True}, True),
+    ],
+    ids=["no-params-file", "params-flip-off", "params-flip-on"],
+)
+def test_cli_default_follows_params_file(world, tmp_path, caplog, evaluate, expected_flip):
+    if evaluate is not None:
+        params = {"evaluate": evaluate}
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    out = tmp_path / "predictions.csv"
+
+    with caplog.at_level(logging.INFO):
+        status = _predict_on_cpu(world["checkpoint"], out, [world["folders"]["a_ct"]])
+
+    assert status == 0
+    assert f"Flip averaging {'on' if expected_flip else 'off'}, precision float32" in caplog.text
+    row = pd.read_csv(out).iloc[0]
+    expected = world["evaluated"][expected_flip][SERIES["a_ct"][0]]
+    np.testing.assert_allclose(_probabilities(row), expected, rtol=0, atol=TOLERANCE)
+    other = world["evaluated"][not expected_flip][SERIES["a_ct"][0]]
+    assert np.abs(_probabilities(row) - other).max() > 10 * TOLERANCE
+
+
+def test_flag_overrides_params_file(world, tmp_path):
+    params = tmp_path / "mine.yaml"
+    params.write_text(yaml.safe_dump({"evaluate": {"tta_flip": True}}), encoding="utf-8")
+    out = tmp_path / "predictions.csv"
+
+    flags = ("--params", str(params), "--no-tta-flip")
+    status = _predict_on_cpu(world["checkpoint"], out, [world["folders"]["b_ct"]], *flags)
+
+    assert status == 0
+    row = pd.read_csv(out).iloc[0]
+    expected = world["evaluated"][False][SERIES["b_ct"][0]]
+    np.testing.assert_allclose(_probabilities(row), expected, rtol=0, atol=TOLERANCE)
+
+
+@pytest.mark.parametrize("tta_flip", [None, False])
+def test_predict_function_matches_evaluate_stage(world, tta_flip):
+    options = {} if tta_flip is None else {"tta_flip": tta_flip}
+    rsna.inference.load_model(world["checkpoint"], device="cpu", **options)
+    expected_flip = tta_flip is None
 
     for name, (uid, *_) in SERIES.items():
         frame = rsna.inference.predict(str(world["folders"][name]))
@@ -233,7 +283,7 @@ def test_predict_function_matches_evaluate_stage(world):
         assert frame.shape == (1, len(LABEL_COLUMNS))
         np.testing.assert_allclose(
             frame.iloc[0].to_numpy(dtype=np.float64),
-            world["evaluated"][True][uid],
+            world["evaluated"][expected_flip][uid],
             rtol=0,
             atol=TOLERANCE,
         )
@@ -255,7 +305,7 @@ def test_predict_loads_environment_checkpoint_once(world, monkeypatch, caplog):
     pd.testing.assert_frame_equal(first, second)
     np.testing.assert_allclose(
         first.iloc[0].to_numpy(dtype=np.float64),
-        world["evaluated"][False][SERIES["a_ct"][0]],
+        world["evaluated"][True][SERIES["a_ct"][0]],
         rtol=0,
         atol=TOLERANCE,
     )
@@ -285,7 +335,7 @@ def test_output_columns_and_formats(world, tmp_path, suffix):
     assert np.all((probabilities >= 0) & (probabilities <= 1))
     assert not list(tmp_path.glob(".tmp-*"))
     for _, row in frame.iterrows():
-        expected = world["evaluated"][False][row["SeriesInstanceUID"]]
+        expected = world["evaluated"][True][row["SeriesInstanceUID"]]
         np.testing.assert_allclose(_probabilities(row), expected, rtol=0, atol=TOLERANCE)
 
 
@@ -315,10 +365,23 @@ def test_unreadable_series_get_fallback_rows(world, tmp_path, caplog):
     for index in (0, 2):
         np.testing.assert_allclose(_probabilities(frame.iloc[index]), prevalence, rtol=0, atol=1e-7)
     assert frame["status"][0].startswith("series garbage: no CT or MR image")
+    assert frame["status"][0].endswith(
+        "Exclude this series. Dropped: broken.dcm: not a readable DICOM file "
+        "(no DICOM preamble and no SOPClassUID or Rows)"
+    )
     assert frame["status"][2].startswith("series secondary: no CT or MR image")
+    assert frame["status"][2].count(".dcm: Modality OT is neither CT nor MR") == 3
     warnings = [record.message for record in caplog.records if record.levelno == logging.WARNING]
     assert any(str(garbage) in message for message in warnings)
     assert any(str(tmp_path / "secondary") in message for message in warnings)
+
+
+def test_describe_dropped_caps_entries():
+    dropped = [{"what": f"{number}.dcm", "reason": "localizer"} for number in range(7)]
+
+    text = describe_dropped(dropped, limit=2)
+
+    assert text == "0.dcm: localizer; 1.dcm: localizer; 5 more (rsna inspect SERIES_DIR lists all)"
 
 
 def test_predict_function_falls_back_for_unreadable_series(world, tmp_path, caplog):
@@ -357,10 +420,10 @@ def test_checkpoint_preprocessing_wins_over_params_file(world, tmp_path, monkeyp
     other = VolumeSpec(**{key: tuple(value) for key, value in OTHER_SPEC.items()})
     volume, _ = preprocess_series(SeriesJob(series_dir=folder), spec=other)
     assert volume.shape == tuple(OTHER_SPEC["shape"])
-    expected = predict_volume(model, volume, input_shape=None, tta_flip=False)
+    expected = predict_volume(model, volume, input_shape=None, tta_flip=True)
     row = pd.read_csv(out).iloc[0]
     np.testing.assert_allclose(_probabilities(row), expected, rtol=0, atol=TOLERANCE)
-    own_params = world["evaluated"][False][SERIES["b_ct"][0]]
+    own_params = world["evaluated"][True][SERIES["b_ct"][0]]
     assert np.abs(_probabilities(row) - own_params).max() > 10 * TOLERANCE
     assert "differ from params.yaml" in caplog.text
     assert "preprocess.shape: [12, 20, 24] -> [16, 32, 32]" in caplog.text
@@ -423,9 +486,15 @@ def test_dicom_files_without_extension_make_a_series(tmp_path):
             2,
             "no.yaml not found",
         ),
+        (
+            ["--out", "{tmp}/out.csv", "--params", "{tmp}/bad.yaml", "{series}"],
+            2,
+            "params section 'evaluate' has unknown keys ['flip']",
+        ),
     ],
 )
 def test_usage_errors(world, tmp_path, caplog, arguments, expected_status, message):
+    (tmp_path / "bad.yaml").write_text("evaluate:\n  flip: true\n", encoding="utf-8")
     values = {"tmp": tmp_path, "series": world["root"] / "series"}
     argv = ["--checkpoint", str(world["checkpoint"])] + [
         argument.format(**values) for argument in arguments
@@ -478,7 +547,7 @@ def test_command_line_entry_point(world, tmp_path):
     assert list(frame["SeriesInstanceUID"]) == [SERIES["c_mr"][0]]
     np.testing.assert_allclose(
         _probabilities(frame.iloc[0]),
-        world["evaluated"][False][SERIES["c_mr"][0]],
+        world["evaluated"][True][SERIES["c_mr"][0]],
         rtol=0,
         atol=TOLERANCE,
     )

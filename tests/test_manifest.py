@@ -169,10 +169,15 @@ def _set_cell(column: str, value: str):
     [
         (_damage_not_dicom, r"no CT or MR image .*not a readable DICOM file"),
         (_damage_truncated, r"no CT or MR image .*dropped: 16 x "),
-        (_damage_missing_folder, r"^series folder series/\S+ not found in "),
+        (
+            _damage_missing_folder,
+            r"^series folder series/\S+ not found in \S+; check that the download is "
+            r"complete, or remove the row from train.csv$",
+        ),
         (
             _set_cell("Basilar Tip", "2"),
-            r"train.csv line 4: label 'Basilar Tip' is '2', expected 0 or 1",
+            r"train.csv line 4: label 'Basilar Tip' is '2', expected 0 or 1; fix the value "
+            r"in train.csv or remove the row$",
         ),
         (_set_cell("Aneurysm Present", "yes"), r"label 'Aneurysm Present' is 'yes'"),
         (_set_cell("PatientAge", "65Y"), r"PatientAge is '65Y', expected an integer"),
@@ -204,6 +209,26 @@ def test_bad_series_is_rejected(
     assert re.search(reason, rejects[0]["reason"])
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any(uid in message and "rejected" in message for message in warnings)
+
+
+def test_text_file_named_dcm_warned_series_kept(
+    tiny_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    uid = _rows(tiny_root / "train.csv")[3][0]
+    folder = tiny_root / "series" / uid
+    (folder / "notes.dcm").write_text("exported with the wrong extension", encoding="utf-8")
+
+    with caplog.at_level(logging.WARNING):
+        records, rejects = _build(tiny_root, tmp_path)
+
+    assert rejects == []
+    assert uid in {record["SeriesInstanceUID"] for record in records}
+    warnings = [r.getMessage() for r in caplog.records if r.name == "rsna.dicom.grouping"]
+    assert len(warnings) == 1
+    assert warnings[0].startswith(
+        f"series folder {folder}: left out 1 of 17 files that are not readable DICOM "
+        "(notes.dcm). Run rsna inspect"
+    )
 
 
 @pytest.mark.parametrize("bad_uid", ["../x", "1.2.3/../../etc", "1.2.03", "1." + "2" * 70, ""])

@@ -32,6 +32,8 @@ def test_repro_writes_every_declared_output(pipeline_repo):
         "data/manifest.jsonl",
         "data/splits.csv",
         "data/volumes_index.jsonl",
+        "data/volumes_state.jsonl",
+        "data/raw_listing.jsonl",
         "models/best.pt",
         "models/last.pt",
         "plots/train/history.csv",

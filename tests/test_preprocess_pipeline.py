@@ -18,9 +18,12 @@ from pydicom.uid import RLELossless
 
 from rsna import cli
 from rsna.fileio import read_jsonl, write_jsonl
+from rsna.preprocess import fingerprint
 from rsna.preprocess.runner import JOURNAL_NAME, jobs_from_manifest, preprocess_dataset
 from rsna.preprocess.series import Localizer, SeriesJob, preprocess_series
 from rsna.preprocess.settings import VolumeSpec
+from rsna.preprocess.state import DEFAULT_STATE_NAME
+from rsna.sample import write_sample_dataset
 
 UID_ROOT = "1.2.826.0.1.3680043.10.2024."
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -223,6 +226,7 @@ def test_rerun_processes_only_new_series(tmp_path):
     assert (second.processed, second.skipped) == (1, 3)
     assert (third.processed, third.skipped) == (0, 4)
     assert len(read_jsonl(out / "index.jsonl")) == 4
+    assert len(read_jsonl(out / DEFAULT_STATE_NAME)) == 4
     assert not (out / JOURNAL_NAME).exists()
 
 
@@ -236,13 +240,128 @@ def test_param_change_reprocesses_all(tmp_path):
         mr_percentiles=(1, 99),
     )
 
-    run([SeriesJob(series_dir=f) for f in folders], out)
+    first = run([SeriesJob(series_dir=f) for f in folders], out)
     changed = run([SeriesJob(series_dir=f) for f in folders], out, spec=wider)
 
     assert (changed.processed, changed.skipped) == (2, 0)
-    assert {r["key"] for r in changed.records}.isdisjoint(
-        {r["key"] for r in run([SeriesJob(series_dir=f) for f in folders], out).records}
+    assert {entry["key"] for entry in changed.state}.isdisjoint(
+        {entry["key"] for entry in first.state}
     )
+
+
+def test_state_lists_every_volume(tmp_path):
+    folders = [make_ct_series(tmp_path / "in", n)[0] for n in (24, 23, 25)]
+    out = tmp_path / "out"
+
+    summary = run([SeriesJob(series_dir=f) for f in folders], out)
+
+    index = read_jsonl(out / "index.jsonl")
+    state = read_jsonl(out / DEFAULT_STATE_NAME)
+    uids = [f"{UID_ROOT}{n}" for n in (23, 24, 25)]
+    assert [entry["SeriesInstanceUID"] for entry in state] == uids
+    assert [record["SeriesInstanceUID"] for record in index] == uids
+    assert all(len(entry["key"]) == 64 for entry in state)
+    assert all("key" not in record for record in index)
+    assert [{k: v for k, v in entry.items() if k != "key"} for entry in state] == index
+    assert summary.state == state
+
+
+def test_code_change_reprocesses_with_same_index_bytes(tmp_path, monkeypatch):
+    folders = [make_ct_series(tmp_path / "in", n)[0] for n in (26, 27)]
+    out = tmp_path / "out"
+    first = run([SeriesJob(series_dir=f) for f in folders], out)
+    index_bytes = (out / "index.jsonl").read_bytes()
+    volume_bytes = {p.name: p.read_bytes() for p in out.glob("*.npy")}
+
+    # Another digest of the voxel code, as after an edit of rsna/dicom that leaves every
+    # volume byte-identical.
+    monkeypatch.setattr(fingerprint, "code_digest", lambda: "0" * 64)
+    second = run([SeriesJob(series_dir=f) for f in folders], out)
+
+    assert (first.processed, first.skipped) == (2, 0)
+    assert (second.processed, second.skipped) == (2, 0)
+    assert (out / "index.jsonl").read_bytes() == index_bytes
+    assert {p.name: p.read_bytes() for p in out.glob("*.npy")} == volume_bytes
+    assert {entry["key"] for entry in second.state}.isdisjoint(
+        {entry["key"] for entry in first.state}
+    )
+    assert read_jsonl(out / DEFAULT_STATE_NAME) == second.state
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (None, "not found"),
+        (b"{not json\n", "unreadable"),
+        (b'{"SeriesInstanceUID": "1.2.3", "file": "1.2.3.npy"}\n', "unreadable"),
+        (b"\xff\xfe\n", "unreadable"),
+    ],
+    ids=["missing", "invalid-json", "entry-without-key", "not-utf8"],
+)
+def test_unusable_state_processes_everything(tmp_path, caplog, content, problem):
+    folders = [make_ct_series(tmp_path / "in", n)[0] for n in (28, 29)]
+    out = tmp_path / "out"
+    run([SeriesJob(series_dir=f) for f in folders], out)
+    index_bytes = (out / "index.jsonl").read_bytes()
+    state_path = out / DEFAULT_STATE_NAME
+    if content is None:
+        state_path.unlink()
+    else:
+        state_path.write_bytes(content)
+
+    with caplog.at_level(logging.INFO, logger="rsna.preprocess.state"):
+        rerun = run([SeriesJob(series_dir=f) for f in folders], out)
+
+    messages = [r.getMessage() for r in caplog.records if r.name == "rsna.preprocess.state"]
+    assert (rerun.processed, rerun.skipped) == (2, 0)
+    assert len(messages) == 1
+    assert f"{state_path} {problem}" in messages[0]
+    assert "every series is processed" in messages[0]
+    assert [r.levelname for r in caplog.records if r.name == "rsna.preprocess.state"] == ["INFO"]
+    assert (out / "index.jsonl").read_bytes() == index_bytes
+    assert len(read_jsonl(state_path)) == 2
+
+
+def test_index_of_older_version_with_keys(tmp_path):
+    folders = [make_ct_series(tmp_path / "in", n)[0] for n in (33, 34)]
+    out = tmp_path / "out"
+    run([SeriesJob(series_dir=f) for f in folders], out)
+    # An older version wrote the keys into the index and kept no state file.
+    state = read_jsonl(out / DEFAULT_STATE_NAME)
+    write_jsonl(out / "index.jsonl", state)
+    (out / DEFAULT_STATE_NAME).unlink()
+
+    rerun = run([SeriesJob(series_dir=folders[0])], out)
+
+    assert (rerun.processed, rerun.skipped) == (1, 0)
+    assert rerun.removed == 1
+    assert sorted(p.name for p in out.glob("*.npy")) == [f"{UID_ROOT}33.npy"]
+    assert read_jsonl(out / "index.jsonl") == [{k: v for k, v in state[0].items() if k != "key"}]
+
+
+def test_state_path_can_be_elsewhere(tmp_path):
+    folder = make_ct_series(tmp_path / "in", 36)[0]
+    out = tmp_path / "out"
+    state_path = tmp_path / "state" / "volumes_state.jsonl"
+
+    def run_with_state():
+        return preprocess_dataset(
+            [SeriesJob(series_dir=folder)],
+            out_dir=out,
+            index_path=out / "index.jsonl",
+            state_path=state_path,
+            rejects_path=out / "rejects.jsonl",
+            spec=SPEC,
+            workers=1,
+            threads_per_worker=1,
+        )
+
+    first = run_with_state()
+    second = run_with_state()
+
+    assert (first.processed, second.skipped) == (1, 1)
+    assert [entry["SeriesInstanceUID"] for entry in read_jsonl(state_path)] == [f"{UID_ROOT}36"]
+    assert not (out / DEFAULT_STATE_NAME).exists()
 
 
 def test_changed_file_or_tampered_volume_reprocessed(tmp_path):
@@ -364,9 +483,8 @@ def test_one_and_two_workers_bit_identical(tmp_path):
     assert one.rejects == []
     assert len(one.records) == 7
     assert one.records == two.records
-    assert (tmp_path / "one" / "index.jsonl").read_bytes() == (
-        tmp_path / "two" / "index.jsonl"
-    ).read_bytes()
+    for name in ("index.jsonl", DEFAULT_STATE_NAME):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
     for record in one.records:
         name = record["file"]
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
@@ -433,6 +551,7 @@ def test_cli_killed_run_resumes_without_corrupt_files(tmp_path):
     done = [json.loads(line) for line in (out / JOURNAL_NAME).read_text().splitlines() if line]
     assert not (out / "index.jsonl").exists()
     assert 3 <= len(done) < len(folders)
+    assert not (out / DEFAULT_STATE_NAME).exists()
     for path in out.glob("*.npy"):
         assert np.load(path).shape == (16, 48, 48)
     spec = VolumeSpec(
@@ -445,6 +564,7 @@ def test_cli_killed_run_resumes_without_corrupt_files(tmp_path):
     assert resumed.skipped >= len(done)
     assert resumed.processed + resumed.skipped == len(folders)
     assert len(read_jsonl(out / "index.jsonl")) == len(folders)
+    assert len(read_jsonl(out / DEFAULT_STATE_NAME)) == len(folders)
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
 
 
@@ -498,7 +618,9 @@ def test_cli_outputs_and_exit_status(tmp_path, monkeypatch, capsys):
 
     assert status == 1
     index = read_jsonl(tmp_path / "out" / "index.jsonl")
+    state = read_jsonl(tmp_path / "out" / DEFAULT_STATE_NAME)
     assert [r["SeriesInstanceUID"] for r in index] == [f"{UID_ROOT}91"]
+    assert [r["SeriesInstanceUID"] for r in state] == [f"{UID_ROOT}91"]
     assert index[0]["shape"] == [4, 4, 8]
     assert index[0]["Modality"] is None
     assert [r["series_dir"] for r in read_jsonl(tmp_path / "out" / "rejects.jsonl")] == [
@@ -558,6 +680,8 @@ def test_stage_script_writes_declared_outputs(tmp_path):
         "volumes",
         "--index",
         "volumes_index.jsonl",
+        "--state",
+        "volumes_state.jsonl",
         "--rejects",
         "reports/preprocess_rejects.jsonl",
     ]
@@ -567,6 +691,8 @@ def test_stage_script_writes_declared_outputs(tmp_path):
     assert result.returncode == 0, result.stderr
     index = read_jsonl(tmp_path / "volumes_index.jsonl")
     assert [(r["SeriesInstanceUID"], r["Modality"]) for r in index] == [(series_uid, "CTA")]
+    state = read_jsonl(tmp_path / "volumes_state.jsonl")
+    assert [(r["SeriesInstanceUID"], len(r["key"])) for r in state] == [(series_uid, 64)]
     rejects = read_jsonl(tmp_path / "reports" / "preprocess_rejects.jsonl")
     assert [(r["SeriesInstanceUID"], r["series_dir"]) for r in rejects] == [
         (f"{UID_ROOT}96", f"series/{UID_ROOT}96")
@@ -597,3 +723,20 @@ def _status_bytes(field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
     raise KeyError(field)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_worker_warnings_reach_the_console(tmp_path, workers):
+    # Two series, so that two workers really start a process pool.
+    write_sample_dataset(tmp_path / "data", series=2, seed=3, matrix=16, slices=8, workers=1)
+    series_dirs = sorted(str(path) for path in (tmp_path / "data" / "series").iterdir())
+    (Path(series_dirs[0]) / "notes.dcm").write_text("not a DICOM file")
+    command = [sys.executable, "-m", "rsna.cli", "preprocess", *series_dirs]
+    command += ["--out", str(tmp_path / "out"), "--workers", str(workers)]
+
+    result = subprocess.run(
+        command, cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "notes.dcm" in result.stderr

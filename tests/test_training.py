@@ -1,4 +1,5 @@
 import dataclasses
+import importlib.util
 import json
 import os
 import signal
@@ -10,7 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from training_fixtures import stage_arguments, tiny_train_section, write_dataset, write_params
+from training_fixtures import (
+    stage_arguments,
+    tiny_train_section,
+    uid_of,
+    write_dataset,
+    write_params,
+)
 
 from rsna.config import ParamsError
 from rsna.model import build_model
@@ -384,3 +391,44 @@ def test_localizer_loss_trains_location_head(dataset, tmp_path, torch_state):
     assert checkpoint["params"]["model"]["location_head"] is True
     assert model.location_head.weight.shape == (13, 4, 1, 1, 1)
     assert not torch.equal(model.location_head.weight, initial)
+
+
+def _load_train_stage():
+    spec = importlib.util.spec_from_file_location("train_stage", TRAIN_STAGE)
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+    return stage
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("unknown-key", "params section 'train' has unknown keys ['learning_rate']"),
+        ("no-params", "params file {tmp}/absent.yaml not found; pass --params FILE"),
+        ("no-val-volumes", "no usable val volume: 2 of 2 series have a missing or unusable"),
+        ("resume-require", "resume: require, but {tmp}/models/last.pt not found"),
+    ],
+)
+def test_train_stage_error_one_line(tmp_path, capsys, torch_state, case, message):
+    data = write_dataset(tmp_path / "data", counts={"train": 4, "val": 2})
+    section = tiny_train_section()
+    if case == "unknown-key":
+        section = tiny_train_section(learning_rate=0.1)
+    elif case == "resume-require":
+        section = tiny_train_section(resume="require")
+    params = write_params(tmp_path / "params.yaml", train=section)
+    if case == "no-params":
+        params = tmp_path / "absent.yaml"
+    elif case == "no-val-volumes":
+        for number in (4, 5):
+            (data["volumes"] / f"{uid_of(number)}.npy").unlink()
+
+    status = _load_train_stage().main(["--params", str(params), *stage_arguments(data, tmp_path)])
+
+    assert status == 1
+    stderr = capsys.readouterr().err
+    errors = [line for line in stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1
+    assert message.format(tmp=tmp_path) in errors[0]
+    assert "Traceback" not in stderr
+    assert not (tmp_path / "models" / BEST_NAME).exists()

@@ -102,7 +102,7 @@ def write_dataset(
                     "file": f"{uid}.npy",
                     "shape": list(shape),
                     "Modality": modality,
-                    "key": f"key-{uid}",
+                    "sha256": f"sha256-{uid}",
                     "localizers_zyx": localizers_of(labels, shape),
                 }
             )

@@ -1,16 +1,6 @@
 """``rsna predict``: aneurysm probabilities for DICOM series folders from a trained checkpoint.
 
-Writes one row per series: SeriesInstanceUID, the 14 label probabilities in the
-challenge's column order, and ``status`` (``ok``, or the reason the row contains the
-training-set prevalence instead of a prediction). The output is CSV, or parquet for a
-``.parquet`` or ``.pq`` file name.
-
-A PATH that directly contains DICOM files is one series; otherwise each of its
-subfolders is a series. Preprocessing and model settings come from the checkpoint; a
-params file is read only to log where it differs.
-
-Exit status: 0 when every series got a row (scored or fallback), 1 for an unusable
-checkpoint, 2 for a usage error.
+The help text, :data:`DESCRIPTION`, states the inputs, outputs and exit statuses.
 """
 
 import argparse
@@ -24,6 +14,7 @@ from rsna.config import (
     resolve_params_file,
     section_to_dataclass,
 )
+from rsna.evaluation import EvaluateSettings
 from rsna.fileio import OutputPathError, check_output_folder
 from rsna.inference.checkpoint import (
     InferenceModel,
@@ -50,13 +41,34 @@ logger = logging.getLogger(__name__)
 EXIT_CHECKPOINT = 1
 EXIT_USAGE = 2
 
+DESCRIPTION = """\
+Score DICOM series folders with a trained checkpoint.
+
+Writes one row per series: SeriesInstanceUID, the 14 label probabilities in the
+challenge's column order, and status ("ok", or the reason the row contains the
+training-set prevalence instead of a prediction, with the files the reader dropped).
+The output is CSV, or parquet for a .parquet or .pq file name.
+
+A PATH that directly contains DICOM files is one series; otherwise each of its
+subfolders is a series. Preprocessing and model settings come from the checkpoint.
+Flip averaging and the precision of the forward pass come from evaluate.tta_flip and
+evaluate.precision of the params file, so that the probabilities match the evaluate
+stage's predictions.csv; --tta-flip, --no-tta-flip and --precision override them.
+Without a params file or an evaluate section, flip averaging is on and the precision
+is float32. Where the params file's preprocess and train settings differ from the
+checkpoint's, a warning lists them; the checkpoint's settings are used.
+
+Exit status: 0 when every series got a row (scored or fallback), 1 for an unusable
+checkpoint, 2 for a usage error or an invalid params file.
+"""
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``rsna predict`` and its options."""
     parser = subparsers.add_parser(
         "predict",
         help="score DICOM series folders with a trained checkpoint",
-        description=__doc__,
+        description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -76,8 +88,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--tta-flip",
-        action="store_true",
-        help="average with the left-right mirrored volume, Left/Right labels swapped back",
+        action=argparse.BooleanOptionalAction,
+        help="average with the left-right mirrored volume, Left/Right labels swapped back "
+        "(default: evaluate.tta_flip of the params file, else on)",
     )
     parser.add_argument(
         "--batch-size", type=_positive_int, default=1, help="series per forward pass (>= 1)"
@@ -91,13 +104,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--precision",
         choices=sorted(PRECISION_DTYPES),
-        default="float32",
-        help="floating-point type of the forward pass; bfloat16 and float16 run under autocast",
+        help="floating-point type of the forward pass; bfloat16 and float16 run under "
+        "autocast (default: evaluate.precision of the params file, else float32)",
     )
 
     parser.add_argument(
         "--params",
-        help="params file to compare with the checkpoint's settings, for the log only "
+        help="params file whose evaluate.tta_flip and evaluate.precision are used, and "
+        "whose preprocess and train settings are compared with the checkpoint's "
         "(default: ./params.yaml when present)",
     )
     parser.set_defaults(run=run)
@@ -110,6 +124,8 @@ def run(args: argparse.Namespace) -> int:
         check_output_folder(Path(args.out).parent)
         series_dirs = find_series_dirs(args.paths)
         params_file = resolve_params_file(args.params)
+        params = load_params(params_file) if params_file is not None else {}
+        settings = evaluate_settings(params, params_file=params_file)
         device = resolve_device(args.device)
     except (OutputFormatError, OutputPathError, SeriesPathError, ParamsError) as error:
         logger.error("%s", error)
@@ -124,27 +140,50 @@ def run(args: argparse.Namespace) -> int:
         logger.error("%s", error)
         return EXIT_CHECKPOINT
     if params_file is not None:
-        _log_params_differences(model, params_file)
+        _log_params_differences(model, params, params_file)
 
+    tta_flip = settings.tta_flip if args.tta_flip is None else args.tta_flip
+    precision = settings.precision if args.precision is None else args.precision
+    logger.info("Flip averaging %s, precision %s", "on" if tta_flip else "off", precision)
     predictions = predict_series_dirs(
         model,
         series_dirs,
         batch_size=args.batch_size,
         workers=args.workers,
-        tta_flip=args.tta_flip,
-        dtype=PRECISION_DTYPES[args.precision],
+        tta_flip=tta_flip,
+        dtype=PRECISION_DTYPES[precision],
     )
     write_predictions(predictions_frame(predictions), args.out)
     logger.info("Wrote %d rows to %s", len(predictions), args.out)
     return 0
 
 
-def _log_params_differences(model: InferenceModel, params_file: Path) -> None:
+def evaluate_settings(params: dict[str, Any], *, params_file: Path | None) -> EvaluateSettings:
+    """Return the ``evaluate`` section of ``params``, or the defaults when it has none.
+
+    Raises :class:`rsna.config.ParamsError` for an invalid section, because its
+    ``tta_flip`` and ``precision`` decide the predictions.
+    """
+    section = params.get("evaluate")
+    if section is None:
+        if params_file is not None:
+            logger.info("%s has no evaluate section; using the defaults", params_file)
+        return EvaluateSettings()
+    if not isinstance(section, dict):
+        raise ParamsError(
+            f"params file {params_file} has evaluate {section!r}, expected a mapping of keys"
+        )
+    return section_to_dataclass(EvaluateSettings, section, section="evaluate")
+
+
+def _log_params_differences(
+    model: InferenceModel, params: dict[str, Any], params_file: Path
+) -> None:
     """Log where the params file's settings differ from the checkpoint's, which win."""
     try:
-        current = _current_params(load_params(params_file))
+        current = _current_params(params)
     except ParamsError as error:
-        # The params file only feeds this comparison, so a broken one must not stop scoring.
+        # These settings only feed this comparison, so a broken section must not stop scoring.
         logger.warning("Settings of %s not compared with the checkpoint: %s", params_file, error)
         return
 

@@ -1,11 +1,13 @@
-"""``rsna preprocess``: DICOM series folders -> float16 training volumes, outside DVC.
+"""rsna preprocess: DICOM series folders -> float16 training volumes, outside DVC.
 
-Runs the same code as the ``preprocess`` stage. For each folder it writes
-``<SeriesInstanceUID>.npy`` into ``--out``, plus ``index.jsonl`` (one record per volume)
-and ``rejects.jsonl`` (one line per series that could not be used). Running it again on
+Runs the same code as the preprocess stage. For each folder it writes
+<SeriesInstanceUID>.npy into --out, plus index.jsonl (one record per volume),
+incremental_state.jsonl (the fingerprint of each volume, unless --state names another
+file) and rejects.jsonl (one line per series that could not be used). Running it again on
 the same folder skips the series whose volume is current. The output folder mirrors the
 last run: volumes that an earlier run wrote there for series not given again are deleted,
-so use one output folder per set of series.
+so use one output folder per set of series. SIGTERM stops it as Ctrl-C does: the workers
+are terminated, partial files removed, and the exit status is 143.
 """
 
 import argparse
@@ -18,6 +20,8 @@ from rsna.fileio import OutputPathError, check_output_folder
 from rsna.preprocess.runner import preprocess_dataset
 from rsna.preprocess.series import SeriesJob
 from rsna.preprocess.settings import DEFAULT_PARAMS, PreprocessParams
+from rsna.preprocess.state import DEFAULT_STATE_NAME
+from rsna.signals import sigterm_raises
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +42,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("series_dirs", nargs="+", type=Path, metavar="SERIES_DIR")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument(
+        "--state",
+        type=Path,
+        help="incremental state file, which lists the fingerprint of every volume "
+        f"(default: OUT/{DEFAULT_STATE_NAME})",
+    )
+    parser.add_argument(
         "--params",
-        help="params file whose `preprocess` section is used "
+        help="params file whose preprocess section is used "
         "(default: ./params.yaml when present, else built-in defaults)",
     )
     parser.add_argument(
@@ -67,7 +77,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Preprocess the folders; return 0, or 1 when a series was rejected."""
+    """Preprocess the folders; return 0, or 1 when a series was rejected.
+
+    SIGTERM raises :class:`rsna.signals.Terminated`, which exits with status 143.
+    """
     try:
         check_output_folder(args.out)
     except OutputPathError as error:
@@ -76,16 +89,18 @@ def run(args: argparse.Namespace) -> int:
     params = _params_from_args(args)
     jobs = [SeriesJob(series_dir=folder) for folder in args.series_dirs]
 
-    summary = preprocess_dataset(
-        jobs,
-        out_dir=args.out,
-        index_path=args.out / INDEX_NAME,
-        rejects_path=args.out / REJECTS_NAME,
-        spec=params.volume_spec(),
-        workers=params.workers,
-        threads_per_worker=params.threads_per_worker,
-        force=args.force,
-    )
+    with sigterm_raises():
+        summary = preprocess_dataset(
+            jobs,
+            out_dir=args.out,
+            index_path=args.out / INDEX_NAME,
+            state_path=args.state or args.out / DEFAULT_STATE_NAME,
+            rejects_path=args.out / REJECTS_NAME,
+            spec=params.volume_spec(),
+            workers=params.workers,
+            threads_per_worker=params.threads_per_worker,
+            force=args.force,
+        )
     if summary.rejects:
         logger.error(
             "%d of %d series rejected; reasons in %s",

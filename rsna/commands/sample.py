@@ -7,6 +7,7 @@ from pathlib import Path
 
 from rsna.config import load_section, resolve_params_file, section_to_dataclass
 from rsna.sample import SampleSettings, write_sample_dataset
+from rsna.signals import sigterm_raises
 
 logger = logging.getLogger(__name__)
 
@@ -67,14 +68,15 @@ def run(args: argparse.Namespace) -> int:
     try:
         _check_replaceable(Path(args.out_dir))
         settings = _settings(args)
-        summary = write_sample_dataset(
-            args.out_dir,
-            series=settings.series,
-            seed=settings.seed,
-            workers=settings.workers,
-            matrix=args.matrix,
-            slices=args.slices,
-        )
+        with sigterm_raises():
+            summary = write_sample_dataset(
+                args.out_dir,
+                series=settings.series,
+                seed=settings.seed,
+                workers=settings.workers,
+                matrix=args.matrix,
+                slices=args.slices,
+            )
     except ValueError as error:
         logger.error("%s", error)
         return EXIT_USAGE

@@ -14,13 +14,17 @@ Rules, in order:
    :func:`choose_stack` picks the main one.
 """
 
+import logging
 import math
 from collections import defaultdict
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 
 from rsna.dicom.headers import FileHeader, FramePlane
+
+logger = logging.getLogger(__name__)
 
 SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
 VOLUME_MODALITIES = frozenset({"CT", "MR"})
@@ -28,6 +32,8 @@ VOLUME_MODALITIES = frozenset({"CT", "MR"})
 # of one series differ by degrees. One degree separates them with a wide margin.
 ORIENTATION_TOLERANCE_DEG = 1.0
 PIXEL_SPACING_RTOL = 1e-3
+# File names listed in the warning about files that are not DICOM.
+NOT_DICOM_NAMES_SHOWN = 3
 
 
 @dataclass(frozen=True)
@@ -100,7 +106,12 @@ def file_drop_reason(header: FileHeader) -> str | None:
 
 
 def select_files(headers: list[FileHeader]) -> tuple[list[FileHeader], list[dict]]:
-    """Split headers into files that may form a volume and drop records for the others."""
+    """Split headers into files that may form a volume and drop records for the others.
+
+    Files that are not readable DICOM, such as a text file named ``.dcm``, get one WARNING
+    per call with their count and first names, because a stray file can hide a damaged
+    download. The other files are still used.
+    """
     kept: list[FileHeader] = []
     dropped: list[dict] = []
     seen_uids: set[str] = set()
@@ -113,7 +124,27 @@ def select_files(headers: list[FileHeader]) -> tuple[list[FileHeader], list[dict
             continue
         seen_uids.add(header.sop_instance_uid)
         kept.append(header)
+
+    _warn_not_dicom(headers)
     return kept, dropped
+
+
+def _warn_not_dicom(headers: list[FileHeader]) -> None:
+    names = sorted(header.name for header in headers if header.problem)
+    if not names:
+        return
+    name_list = ", ".join(names[:NOT_DICOM_NAMES_SHOWN])
+    if len(names) > NOT_DICOM_NAMES_SHOWN:
+        name_list += ", ..."
+    logger.warning(
+        "series folder %s: left out %d of %d files that are not readable DICOM (%s). Run "
+        "rsna inspect on the folder for each reason, then replace these files with the "
+        "downloaded ones or remove them",
+        Path(headers[0].path).parent,
+        len(names),
+        len(headers),
+        name_list,
+    )
 
 
 def frames_with_geometry(

@@ -15,7 +15,10 @@ def inspect_series(series_dir: str | os.PathLike) -> dict:
     of the chosen stack as acquired (z along the slice normal, after z was made uniform,
     before reorientation), ``canonical_shape`` and ``canonical_spacing_mm`` after
     reorientation, ``modality``, ``transfer_syntaxes``, ``dropped`` and ``warnings``.
-    Geometry keys are None for a rejected series.
+    Geometry keys are None for a rejected series. For a volume whose ``reason`` names
+    corrections (gantry tilt, uneven z spacing, oblique resampling), ``warnings`` repeats
+    them as one entry starting with "corrected: ", so that a resampled volume never shows
+    an empty warnings list.
     """
     series_dir = Path(series_dir)
     try:
@@ -47,5 +50,11 @@ def inspect_series(series_dir: str | os.PathLike) -> dict:
         "modality": volume.modality,
         "transfer_syntaxes": list(volume.transfer_syntaxes),
         "dropped": list(volume.dropped),
-        "warnings": list(volume.warnings),
+        "warnings": [*volume.warnings, *_corrections(volume.reason)],
     }
+
+
+def _corrections(reason: str | None) -> list[str]:
+    # Volume.reason joins its corrections with "; ", which the z-spacing text also
+    # contains, so it is reported as one entry instead of being split.
+    return [] if reason is None else [f"corrected: {reason}"]

@@ -10,6 +10,9 @@ settings, crop or pad as in evaluation, forward pass with optional left-right fl
 - :func:`rsna.inference.runner.predict_series_dirs`, behind ``rsna predict``: many series
   with parallel reading and batched forward passes.
 
+Both average with the left-right mirror by default, as the evaluate stage does with its
+default ``evaluate.tta_flip: true``, so that their probabilities match its predictions.
+
 A series that cannot be read gets the training-set prevalence of each label, stored in the
 checkpoint, and a WARNING with the reason, so one bad series never aborts a submission.
 """
@@ -73,13 +76,14 @@ def load_model(
     path: str | os.PathLike,
     *,
     device: str = "auto",
-    tta_flip: bool = False,
+    tta_flip: bool = True,
     precision: str = "float32",
 ) -> InferenceModel:
     """Load a checkpoint as the model of :func:`predict` in this process and return it.
 
     ``device`` is ``auto`` (a GPU when available), ``cpu``, ``cuda`` or ``cuda:N``. With
-    ``tta_flip`` each prediction is the mean over the volume and its left-right mirror.
+    ``tta_flip`` each prediction is the mean over the volume and its left-right mirror,
+    as in the evaluate stage.
     ``precision`` other than ``float32`` runs the network under autocast. Raises
     :class:`rsna.training.checkpoint.CheckpointError` for an unusable checkpoint.
     """
@@ -102,7 +106,10 @@ def unload_model() -> None:
 
 
 def current_model() -> InferenceModel:
-    """Return the process model, loading ``RSNA_CHECKPOINT`` on the first call."""
+    """Return the process model, loading ``RSNA_CHECKPOINT`` on the first call.
+
+    A model loaded from ``RSNA_CHECKPOINT`` uses the defaults of :func:`load_model`.
+    """
     return _get_process_model().model
 
 
@@ -118,7 +125,7 @@ def _get_process_model() -> _ProcessModel:
                     "rsna.inference.load_model(path) first"
                 )
             model = read_inference_model(path, device=resolve_device("auto"))
-            _process_model = _ProcessModel(model, tta_flip=False, dtype=torch.float32)
+            _process_model = _ProcessModel(model, tta_flip=True, dtype=torch.float32)
         return _process_model
 
 

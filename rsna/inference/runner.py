@@ -124,7 +124,7 @@ def predict_series_dirs(
     *,
     batch_size: int = 1,
     workers: int = 0,
-    tta_flip: bool = False,
+    tta_flip: bool = True,
     dtype: torch.dtype = torch.float32,
 ) -> list[SeriesPrediction]:
     """Return one prediction per series folder, in the order of ``series_dirs``.

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from rsna.dicom import read_headers
+from rsna.dicom import SeriesError, read_headers
 from rsna.evaluation import prepare_image
 from rsna.preprocess.runner import REJECTED_ERRORS
 from rsna.preprocess.series import SeriesJob, preprocess_series
@@ -32,6 +32,9 @@ DICOM_PREFIX = b"DICM"
 # Failures of one series that give it the fallback prediction: what the preprocess stage
 # rejects a series for, plus files that vanish or cannot be opened while being read.
 SERIES_ERRORS = (*REJECTED_ERRORS, OSError)
+# Entries of the reader's dropped list shown in a fallback status; a folder of stray
+# files can have hundreds, and the status is one cell of the output table.
+MAX_DROPPED_SHOWN = 5
 
 
 class SeriesPathError(ValueError):
@@ -130,6 +133,8 @@ def prepare_series(
         volume, record = preprocess_series(SeriesJob(series_dir=series_dir), spec=spec)
     except SERIES_ERRORS as error:
         reason = str(error) or type(error).__name__
+        if isinstance(error, SeriesError) and error.dropped:
+            reason = f"{reason.rstrip('.')}. Dropped: {describe_dropped(error.dropped)}"
         logger.warning("Series folder %s cannot be read: %s", series_dir, reason)
         return _failed(series_dir, reason)
     except Exception as error:
@@ -141,6 +146,14 @@ def prepare_series(
 
     image = prepare_image(volume, input_shape=input_shape)
     return PreparedSeries(str(series_dir), record["SeriesInstanceUID"], image, STATUS_OK)
+
+
+def describe_dropped(dropped: Sequence[dict], *, limit: int = MAX_DROPPED_SHOWN) -> str:
+    """Return the reader's dropped entries as "what: reason" joined by "; ", at most ``limit``."""
+    shown = [f"{entry['what']}: {entry['reason']}" for entry in dropped[:limit]]
+    if len(dropped) > limit:
+        shown.append(f"{len(dropped) - limit} more (rsna inspect SERIES_DIR lists all)")
+    return "; ".join(shown)
 
 
 def _failed(series_dir: Path, reason: str) -> PreparedSeries:

@@ -4,5 +4,6 @@
   window, MR percentile scaling);
 - :mod:`rsna.preprocess.series`: one series, from its folder to a volume and index record;
 - :mod:`rsna.preprocess.runner`: many series in parallel, incremental and crash-safe;
-- :mod:`rsna.preprocess.fingerprint`: the keys that decide what is still current.
+- :mod:`rsna.preprocess.fingerprint`: the keys that decide what is still current;
+- :mod:`rsna.preprocess.state`: the incremental-run state, kept apart from the volumes index.
 """

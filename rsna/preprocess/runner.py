@@ -1,21 +1,25 @@
 """Dataset level: preprocess many series in parallel, incrementally and crash-safely.
 
-Outputs, all in the folders the caller names:
+Outputs, all at the paths the caller names:
 
 - ``<out_dir>/<SeriesInstanceUID>.npy``: one float16 volume per usable series, written
   atomically (temporary name, then rename), so a killed run never leaves a truncated one;
 - ``index_path``: JSON lines, one record per volume, sorted by SeriesInstanceUID, written
-  atomically at the end of a run;
+  atomically at the end of a run. A record describes the volume only (its geometry,
+  intensity mapping, localizers and the SHA-256 of its ``.npy``), so the index has the same
+  bytes whenever the volumes are the same;
+- ``state_path``: the incremental-run state (see :mod:`rsna.preprocess.state`), one entry
+  per volume with its fingerprint key (see :mod:`rsna.preprocess.fingerprint`), written
+  atomically after the index;
 - ``rejects_path``: JSON lines ``{SeriesInstanceUID, series_dir, reason}``, same rules.
 
-Incremental runs: every record carries ``key`` (see :mod:`rsna.preprocess.fingerprint`)
-and ``sha256`` of its ``.npy``. A series is skipped when a known record has its current
-key and the file on disk still has the recorded SHA-256; otherwise it is processed again.
-Known records come from the previous index plus a journal, ``<out_dir>/.journal.jsonl``,
-to which each finished series is appended as soon as its volume is written, so a run
-killed halfway loses at most the series in flight. At the end the index is written, the
-volumes of series no longer listed are deleted (only files this runner wrote earlier,
-as named in the old index or journal) and the journal is removed.
+Incremental runs: a series is skipped when a state entry has its current key and the
+volume on disk still has the recorded SHA-256; otherwise it is processed again. At the end
+the index and the state are written, the volumes of series no longer listed are deleted
+(only files that earlier runs wrote, as the previous index, state or journal name them)
+and the journal is removed. When a run fails or is stopped (SIGTERM, Ctrl-C), its workers
+are terminated and the temporaries they leave in ``out_dir`` are deleted. The journal is
+kept, so the next run reuses the volumes it lists.
 """
 
 import contextlib
@@ -26,24 +30,32 @@ import multiprocessing
 import os
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from rsna.dicom import SeriesError
-from rsna.fileio import read_jsonl, remove_stale_temporaries, save_npy, write_jsonl
-from rsna.logs import progress_disabled
+from rsna.fileio import remove_stale_temporaries, save_npy, write_jsonl
+from rsna.logs import configure_logging, progress_disabled
 from rsna.preprocess.fingerprint import file_sha256, series_key
 from rsna.preprocess.series import Localizer, PreprocessError, SeriesJob, preprocess_series
 from rsna.preprocess.settings import VolumeSpec
+from rsna.preprocess.state import (
+    DEFAULT_STATE_NAME,
+    JOURNAL_NAME,
+    KnownVolumes,
+    index_record,
+    load_known_volumes,
+    state_entry,
+)
 from rsna.preprocess.transforms import TransformError
+from rsna.signals import process_pool
 from rsna.uid import InvalidUIDError
 
 logger = logging.getLogger(__name__)
 
-JOURNAL_NAME = ".journal.jsonl"
 # Failures that reject one series; anything else is a bug or an environment problem
 # (disk full, out of memory) and stops the run.
 REJECTED_ERRORS = (SeriesError, PreprocessError, TransformError, InvalidUIDError)
@@ -51,12 +63,13 @@ REJECTED_ERRORS = (SeriesError, PreprocessError, TransformError, InvalidUIDError
 
 @dataclasses.dataclass(frozen=True)
 class PreprocessSummary:
-    """Counts of one run, plus the final index records and rejects."""
+    """Counts of one run, plus the final index records, state entries and rejects."""
 
     processed: int
     skipped: int
     removed: int
     records: list[dict]
+    state: list[dict]
     rejects: list[dict]
 
 
@@ -64,7 +77,7 @@ class PreprocessSummary:
 class _Outcome:
     status: str  # "processed", "skipped" or "rejected"
     job: SeriesJob
-    record: dict | None = None
+    entry: dict | None = None  # state entry: the index record plus the key
     reason: str = ""
 
 
@@ -77,14 +90,16 @@ def preprocess_dataset(
     spec: VolumeSpec,
     workers: int,
     threads_per_worker: int,
+    state_path: Path | None = None,
     force: bool = False,
 ) -> PreprocessSummary:
-    """Preprocess ``jobs`` into ``out_dir`` and write the index and the rejects.
+    """Preprocess ``jobs`` into ``out_dir`` and write the index, the state and the rejects.
 
-    ``workers`` processes (0: one per CPU core) each run ``threads_per_worker`` torch
-    threads; with one worker everything runs in this process. ``force`` ignores earlier
-    results. Series that cannot be read or transformed are rejected with a reason and the
-    rest go on. The outputs do not depend on ``workers`` or ``threads_per_worker``.
+    ``state_path`` defaults to :data:`~rsna.preprocess.state.DEFAULT_STATE_NAME` beside
+    the index. ``workers`` processes (0: one per CPU core) each run ``threads_per_worker``
+    torch threads; with one worker everything runs in this process. ``force`` ignores
+    earlier results. Series that cannot be read or transformed are rejected with a reason
+    and the rest go on. The outputs do not depend on ``workers`` or ``threads_per_worker``.
 
     Workers start with multiprocessing's forkserver method, which imports the main module
     of the caller in each worker: a script that calls this with more than one worker needs
@@ -92,8 +107,12 @@ def preprocess_dataset(
     """
     started = time.perf_counter()
     journal_path = out_dir / JOURNAL_NAME
-    known = _prepare_out_dir(out_dir, index_path=index_path, journal_path=journal_path)
-    previous_by_key = {} if force else {r["key"]: r for r in known if "key" in r and "sha256" in r}
+    if state_path is None:
+        state_path = index_path.parent / DEFAULT_STATE_NAME
+    known = _prepare_out_dir(
+        out_dir, state_path=state_path, index_path=index_path, journal_path=journal_path
+    )
+    previous_by_key = {} if force else {entry["key"]: entry for entry in known.entries}
 
     unique_jobs = _drop_repeated_folders(jobs)
     worker_count = workers or os.cpu_count() or 1
@@ -105,10 +124,12 @@ def preprocess_dataset(
         len(previous_by_key),
     )
     worker = _SeriesWorker(spec=spec, out_dir=out_dir, previous_by_key=previous_by_key)
-    outcomes = _collect(
-        _run_jobs(unique_jobs, worker=worker, workers=worker_count, threads=threads_per_worker),
-        journal_path=journal_path,
-        total=len(unique_jobs),
+    outcomes = _process_all(
+        unique_jobs,
+        worker=worker,
+        workers=worker_count,
+        threads=threads_per_worker,
+        out_dir=out_dir,
     )
 
     summary = _write_results(
@@ -116,6 +137,7 @@ def preprocess_dataset(
         known=known,
         out_dir=out_dir,
         index_path=index_path,
+        state_path=state_path,
         rejects_path=rejects_path,
         journal_path=journal_path,
     )
@@ -131,40 +153,56 @@ def preprocess_dataset(
     return summary
 
 
-def _prepare_out_dir(out_dir: Path, *, index_path: Path, journal_path: Path) -> list[dict]:
-    """Create ``out_dir``, delete temporaries of a killed run, return the known records."""
+def _prepare_out_dir(
+    out_dir: Path, *, state_path: Path, index_path: Path, journal_path: Path
+) -> KnownVolumes:
+    """Create ``out_dir``, delete temporaries of a killed run, return the known volumes."""
     out_dir.mkdir(parents=True, exist_ok=True)
     removed_temporaries = remove_stale_temporaries(out_dir)
     if removed_temporaries:
         logger.info("removed %d temporaries of a killed run from %s", removed_temporaries, out_dir)
 
-    known = _load_known_records(index_path, journal_path)
-    if not known and any(out_dir.glob("*.npy")):
-        # The keys live in the index: without it nothing can be skipped. Under DVC this
-        # happens when the index is not declared `persist: true` next to the volumes.
-        logger.warning(
-            "%s contains volumes but %s is missing, so every series is processed again; "
-            "keep the index with the volumes (in dvc.yaml: persist: true on both)",
-            out_dir,
-            index_path,
+    return load_known_volumes(
+        state_path=state_path, index_path=index_path, journal_path=journal_path
+    )
+
+
+def _process_all(
+    jobs: list[SeriesJob], *, worker: "_SeriesWorker", workers: int, threads: int, out_dir: Path
+) -> list[_Outcome]:
+    """Run every job and return the outcomes, or delete the workers' temporaries and raise.
+
+    The journal is kept on failure, so the next run reuses the volumes it lists.
+    """
+    try:
+        return _collect(
+            _run_jobs(jobs, worker=worker, workers=workers, threads=threads),
+            journal_path=out_dir / JOURNAL_NAME,
+            total=len(jobs),
         )
-    return known
+    except BaseException:
+        # Workers terminated in the middle of a write leave temporaries behind.
+        remove_stale_temporaries(out_dir)
+        raise
 
 
 def _write_results(
     outcomes: list[_Outcome],
     *,
-    known: list[dict],
+    known: KnownVolumes,
     out_dir: Path,
     index_path: Path,
+    state_path: Path,
     rejects_path: Path,
     journal_path: Path,
 ) -> PreprocessSummary:
-    """Write the index and the rejects, delete unlisted volumes, then the journal."""
-    records, rejects = _split_outcomes(outcomes, out_dir=out_dir)
+    """Write the index, the state and the rejects, delete unlisted volumes, then the journal."""
+    entries, rejects = _split_outcomes(outcomes, out_dir=out_dir)
+    records = [index_record(entry) for entry in entries]
     write_jsonl(index_path, records)
+    write_jsonl(state_path, entries)
     write_jsonl(rejects_path, rejects)
-    removed = _remove_unlisted_volumes(known, records, out_dir=out_dir)
+    removed = _remove_unlisted_volumes(known.files, records, out_dir=out_dir)
     journal_path.unlink(missing_ok=True)
 
     return PreprocessSummary(
@@ -172,6 +210,7 @@ def _write_results(
         skipped=sum(o.status == "skipped" for o in outcomes),
         removed=removed,
         records=records,
+        state=entries,
         rejects=rejects,
     )
 
@@ -205,7 +244,10 @@ def jobs_from_manifest(records: Sequence[dict], *, data_root: Path) -> list[Seri
 
 @dataclasses.dataclass(frozen=True)
 class _SeriesWorker:
-    """Callable that processes one job, or skips it when its volume is current."""
+    """Callable that processes one job, or skips it when its volume is current.
+
+    ``previous_by_key`` maps fingerprint keys to the state entries of earlier runs.
+    """
 
     spec: VolumeSpec
     out_dir: Path
@@ -220,7 +262,7 @@ class _SeriesWorker:
 
         previous = self.previous_by_key.get(key)
         if previous is not None and self._is_intact(previous):
-            return _Outcome("skipped", job, record=previous)
+            return _Outcome("skipped", job, entry=previous)
 
         try:
             volume, record = preprocess_series(job, spec=self.spec)
@@ -229,13 +271,12 @@ class _SeriesWorker:
 
         path = self.out_dir / record["file"]
         save_npy(path, volume)
-        record["key"] = key
         record["sha256"] = file_sha256(path)
-        return _Outcome("processed", job, record=record)
+        return _Outcome("processed", job, entry=state_entry(record, key=key))
 
-    def _is_intact(self, record: dict) -> bool:
-        path = self.out_dir / record["file"]
-        return path.is_file() and file_sha256(path) == record["sha256"]
+    def _is_intact(self, entry: dict) -> bool:
+        path = self.out_dir / entry["file"]
+        return path.is_file() and file_sha256(path) == entry["sha256"]
 
 
 def _job_fields(job: SeriesJob) -> dict:
@@ -264,27 +305,35 @@ def _run_jobs(
     # dies (out of memory, for example) instead of waiting forever for its result.
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["rsna.preprocess.series"])
-    executor = ProcessPoolExecutor(
-        max_workers=min(workers, len(ordered)),
+    with process_pool(
+        min(workers, len(ordered)),
         mp_context=context,
         initializer=_init_worker,
-        initargs=(worker, threads),
-    )
-    try:
+        initargs=(worker, threads, _console_log_level()),
+    ) as executor:
         futures = [executor.submit(_run_in_worker, job) for job in ordered]
         for future in as_completed(futures):
             yield future.result()
-    finally:
-        executor.shutdown(wait=True, cancel_futures=True)
 
 
 _WORKER: _SeriesWorker | None = None
 
 
-def _init_worker(worker: _SeriesWorker, threads: int) -> None:
+def _console_log_level() -> int | None:
+    """Return the root logger's level when the caller configured logging, else None."""
+    root = logging.getLogger()
+    return root.level if root.handlers else None
+
+
+def _init_worker(worker: _SeriesWorker, threads: int, log_level: int | None) -> None:
     global _WORKER
     _WORKER = worker
     torch.set_num_threads(threads)
+
+    # A forkserver worker starts with logging unconfigured, so the reader's warnings about
+    # one series (dropped files, corrected spacing) would be lost. Mirror the caller's setup.
+    if log_level is not None:
+        configure_logging(log_level)
 
 
 def _run_in_worker(job: SeriesJob) -> _Outcome:
@@ -302,13 +351,21 @@ def _torch_threads(threads: int) -> Iterator[None]:
 
 
 def _collect(outcomes: Iterator[_Outcome], *, journal_path: Path, total: int) -> list[_Outcome]:
-    """Gather outcomes, journaling each new volume at once, with a progress bar."""
+    """Gather outcomes, journaling each new volume at once, with a progress bar.
+
+    ``outcomes`` is closed before an exception leaves, so a pool that it runs stops its
+    workers then, not when the generator is garbage-collected.
+    """
     collected = []
     progress = tqdm(total=total, desc="preprocess", unit="series", disable=progress_disabled())
-    with open(journal_path, "a", encoding="utf-8") as journal, progress:
+    with (
+        contextlib.closing(outcomes),
+        open(journal_path, "a", encoding="utf-8") as journal,
+        progress,
+    ):
         for outcome in outcomes:
             if outcome.status == "processed":
-                journal.write(json.dumps(outcome.record) + "\n")
+                journal.write(json.dumps(outcome.entry) + "\n")
                 journal.flush()
             elif outcome.status == "rejected":
                 name = outcome.job.series_uid or outcome.job.reported_dir
@@ -319,7 +376,7 @@ def _collect(outcomes: Iterator[_Outcome], *, journal_path: Path, total: int) ->
 
 
 def _split_outcomes(outcomes: list[_Outcome], *, out_dir: Path) -> tuple[list[dict], list[dict]]:
-    """Return index records sorted by UID and rejects sorted by folder.
+    """Return state entries sorted by UID and rejects sorted by folder.
 
     Folders that turn out to contain the same SeriesInstanceUID are all rejected, because
     their volumes would share one file name. The volume written under that name is deleted.
@@ -330,22 +387,22 @@ def _split_outcomes(outcomes: list[_Outcome], *, out_dir: Path) -> tuple[list[di
         if outcome.status == "rejected":
             rejects.append(_reject_entry(outcome.job, outcome.reason))
         else:
-            by_uid.setdefault(outcome.record["SeriesInstanceUID"], []).append(outcome)
+            by_uid.setdefault(outcome.entry["SeriesInstanceUID"], []).append(outcome)
 
-    records = []
+    entries = []
     for uid, group in sorted(by_uid.items()):
         if len(group) == 1:
-            records.append(group[0].record)
+            entries.append(group[0].entry)
             continue
         folders = ", ".join(o.job.reported_dir for o in group)
         for outcome in group:
             reason = f"SeriesInstanceUID {uid} is in several folders ({folders}); keep one of them"
             logger.warning("series %s rejected: %s", uid, reason)
             rejects.append(_reject_entry(outcome.job, reason, series_uid=uid))
-        (out_dir / group[0].record["file"]).unlink(missing_ok=True)
+        (out_dir / group[0].entry["file"]).unlink(missing_ok=True)
 
     rejects.sort(key=lambda entry: (entry["series_dir"], entry["SeriesInstanceUID"] or ""))
-    return records, rejects
+    return entries, rejects
 
 
 def _reject_entry(job: SeriesJob, reason: str, *, series_uid: str | None = None) -> dict:
@@ -367,25 +424,11 @@ def _drop_repeated_folders(jobs: Sequence[SeriesJob]) -> list[SeriesJob]:
     return list(unique.values())
 
 
-def _load_known_records(index_path: Path, journal_path: Path) -> list[dict]:
-    """Return the records of the previous index, then those of the journal of a killed run.
-
-    A journal line cut short by a kill is ignored.
-    """
-    known = read_jsonl(index_path) if index_path.is_file() else []
-    if journal_path.is_file():
-        with open(journal_path, encoding="utf-8") as handle:
-            for line in handle:
-                with contextlib.suppress(json.JSONDecodeError):
-                    known.append(json.loads(line))
-    return [record for record in known if isinstance(record, dict) and "file" in record]
-
-
-def _remove_unlisted_volumes(known: list[dict], records: list[dict], *, out_dir: Path) -> int:
+def _remove_unlisted_volumes(known_files: set[str], records: list[dict], *, out_dir: Path) -> int:
     """Delete volumes that earlier runs wrote and the new index no longer lists."""
     listed = {record["file"] for record in records}
     removed = 0
-    for name in sorted({record["file"] for record in known} - listed):
+    for name in sorted(known_files - listed):
         path = out_dir / Path(name).name
         if path.suffix == ".npy" and path.is_file():
             path.unlink()

@@ -73,8 +73,8 @@ class SeriesJob:
 def preprocess_series(job: SeriesJob, *, spec: VolumeSpec) -> tuple[np.ndarray, dict]:
     """Read and transform one series; return the float16 volume and its index record.
 
-    The record has every field of a ``volumes_index.jsonl`` line except ``key`` and
-    ``sha256``, which the runner adds once the file is written. Peak memory is the reader's
+    The record has every field of a ``volumes_index.jsonl`` line except ``sha256``, which
+    the runner adds once the file is written. Peak memory is the reader's
     float32 volume (twice the int16 size of the series), the float32 resampled volume
     before cropping (small when the target spacing is coarser than the source) and the
     float16 result. Nothing else scales with the series length. Raises

@@ -14,7 +14,6 @@ import os
 import shutil
 import tempfile
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -25,6 +24,7 @@ from rsna.labels import LOCATION_COLUMNS
 from rsna.logs import progress_disabled
 from rsna.sample.plan import SeriesPlan, plan_dataset
 from rsna.sample.writer import write_series, write_tables
+from rsna.signals import process_pool
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +136,11 @@ def _validate_arguments(
 def _write_all_series(
     plans: list[SeriesPlan], series_root: Path, noise: float, workers: int
 ) -> int:
-    """Render and write every series, in parallel processes when ``workers`` allows."""
+    """Render and write every series, in parallel processes when ``workers`` allows.
+
+    SIGTERM or an error stops the worker processes at once (see
+    :func:`rsna.signals.process_pool`), before the caller deletes the staging folder.
+    """
     workers = min(workers or os.cpu_count() or 1, max(len(plans), 1))
     write = partial(_write_one, series_root=series_root, noise=noise)
     progress = partial(
@@ -144,7 +148,7 @@ def _write_all_series(
     )
     if workers == 1:
         return sum(progress(map(write, plans)))
-    with ProcessPoolExecutor(max_workers=workers) as executor:
+    with process_pool(workers) as executor:
         return sum(progress(executor.map(write, plans, chunksize=2)))
 
 

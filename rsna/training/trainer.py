@@ -30,6 +30,7 @@ from torch import nn
 from tqdm import tqdm
 
 from rsna import fileio
+from rsna.config import ParamsError
 from rsna.data import (
     EpochSampler,
     VolumeDataset,
@@ -198,7 +199,7 @@ class Trainer:
 
         self.batches_per_epoch = self.train_sampler.num_samples // settings.batch_size
         if self.batches_per_epoch == 0:
-            raise ValueError(
+            raise ParamsError(
                 f"batch_size {settings.batch_size} exceeds the {self.train_sampler.num_samples} "
                 "training series per process; lower train.batch_size"
             )
@@ -257,7 +258,7 @@ class Trainer:
         self.params = {"model": model, "train": train, "preprocess": self.volume_spec}
 
         records = [
-            (role, record.SeriesInstanceUID, record.key, list(record.labels))
+            (role, record.SeriesInstanceUID, record.volume_sha256, list(record.labels))
             for role, dataset in (("train", self.train_set), ("val", self.val_set))
             for record in dataset.records
         ]
