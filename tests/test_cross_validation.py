@@ -234,7 +234,9 @@ def test_cv_pipeline_loops_over_folds():
 
 def _dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
     dvc = shutil.which("dvc", path=str(Path(sys.executable).parent)) or "dvc"
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    # Stages run `python`: the interpreter of this test run, even when its venv is not active.
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env = {**os.environ, "PATH": path, "DVC_NO_ANALYTICS": "1"}
     return subprocess.run(
         [dvc, *args], cwd=repo, capture_output=True, text=True, env=env, timeout=300, check=False
     )
