@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from training_fixtures import tiny_train_section, write_dataset, write_params
+from training_fixtures import tiny_train_section, train_checkpoint, write_dataset, write_params
 
 from rsna.evaluation import (
     evaluate_checkpoint,
@@ -16,10 +16,7 @@ from rsna.evaluation import (
     prepare_image,
 )
 from rsna.labels import LABEL_COLUMNS, left_right_permutation
-from rsna.training import TrainPaths
-from rsna.training.checkpoint import BEST_NAME, IncompatibleCheckpointError, model_from_checkpoint
-from rsna.training.settings import train_settings_from_section
-from rsna.training.trainer import run_training
+from rsna.training.checkpoint import IncompatibleCheckpointError, model_from_checkpoint
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 VOLUME_SPEC = {
@@ -35,24 +32,10 @@ def trained(tmp_path_factory):
     """A dataset and a checkpoint trained on it for two epochs."""
     root = tmp_path_factory.mktemp("evaluation")
     data = write_dataset(root / "data")
-    paths = TrainPaths(
-        volumes_dir=data["volumes"],
-        index=data["index"],
-        splits=data["splits"],
-        manifest=data["manifest"],
-        models_dir=root / "models",
-        metrics=root / "train.json",
-        history=root / "history.csv",
+    checkpoint = train_checkpoint(
+        root, data, train_section=tiny_train_section(), volume_spec=VOLUME_SPEC
     )
-    deterministic, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
-    run_training(
-        settings=train_settings_from_section(tiny_train_section()),
-        volume_spec=VOLUME_SPEC,
-        paths=paths,
-    )
-    torch.use_deterministic_algorithms(deterministic)
-    torch.set_num_threads(threads)
-    return {**data, "root": root, "checkpoint": root / "models" / BEST_NAME}
+    return {**data, "root": root, "checkpoint": checkpoint}
 
 
 def _evaluate(trained, out: Path, **kwargs):

@@ -16,10 +16,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 import yaml
 from dicom_builders import head_ct_values, write_series
-from training_fixtures import preprocess_section, tiny_train_section, write_dataset
+from training_fixtures import (
+    preprocess_section,
+    tiny_train_section,
+    train_checkpoint,
+    write_dataset,
+)
 
 import rsna.cli
 import rsna.inference
@@ -31,16 +35,12 @@ from rsna.labels import LABEL_COLUMNS
 from rsna.preprocess.runner import preprocess_dataset
 from rsna.preprocess.series import SeriesJob, preprocess_series
 from rsna.preprocess.settings import VolumeSpec
-from rsna.training import TrainPaths
 from rsna.training.checkpoint import (
-    BEST_NAME,
     CheckpointError,
     load_checkpoint,
     model_from_checkpoint,
     save_checkpoint,
 )
-from rsna.training.settings import train_settings_from_section
-from rsna.training.trainer import run_training
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 REAL_DICOM = Path(__file__).parents[1].parent / "shared" / "dicom" / "real"
@@ -96,24 +96,12 @@ def _write_dicom_series(root: Path) -> dict[str, Path]:
 
 def _train_checkpoint(root: Path) -> Path:
     data = write_dataset(root / "training", counts={"train": 12, "val": 6}, shape=SHAPE)
-    paths = TrainPaths(
-        volumes_dir=data["volumes"],
-        index=data["index"],
-        splits=data["splits"],
-        manifest=data["manifest"],
-        models_dir=root / "models",
-        metrics=root / "train.json",
-        history=root / "history.csv",
-    )
-    deterministic, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
-    run_training(
-        settings=train_settings_from_section(tiny_train_section(epochs=3, lr=0.01)),
+    return train_checkpoint(
+        root,
+        data,
+        train_section=tiny_train_section(epochs=3, lr=0.01),
         volume_spec=VOLUME_SPEC,
-        paths=paths,
     )
-    torch.use_deterministic_algorithms(deterministic)
-    torch.set_num_threads(threads)
-    return root / "models" / BEST_NAME
 
 
 def _evaluate_series(root: Path, checkpoint: Path, folders: dict[str, Path]) -> dict[bool, dict]:

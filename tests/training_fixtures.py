@@ -12,9 +12,14 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 import yaml
 
 from rsna.labels import ANEURYSM_PRESENT, LABEL_COLUMNS, LOCATION_COLUMNS
+from rsna.training import TrainPaths
+from rsna.training.checkpoint import BEST_NAME
+from rsna.training.settings import train_settings_from_section
+from rsna.training.trainer import run_training
 
 SHAPE = (16, 32, 32)
 MODALITIES = ("CTA", "MRA")
@@ -200,3 +205,33 @@ def stage_arguments(paths: dict[str, Path], out: Path) -> list[str]:
         "--activations",
         str(out / "plots" / "activations.csv"),
     ]
+
+
+def train_checkpoint(
+    root: Path, data: dict[str, Path], *, train_section: dict, volume_spec: dict
+) -> Path:
+    """Train on ``data`` (from :func:`write_dataset`) into ``root/models``; return best.pt.
+
+    Training turns on deterministic algorithms and sets the torch thread count for the
+    whole process, so both are restored for the tests that run after it.
+    """
+    paths = TrainPaths(
+        volumes_dir=data["volumes"],
+        index=data["index"],
+        splits=data["splits"],
+        manifest=data["manifest"],
+        models_dir=root / "models",
+        metrics=root / "train.json",
+        history=root / "history.csv",
+    )
+    deterministic, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
+
+    run_training(
+        settings=train_settings_from_section(train_section),
+        volume_spec=volume_spec,
+        paths=paths,
+    )
+
+    torch.use_deterministic_algorithms(deterministic)
+    torch.set_num_threads(threads)
+    return root / "models" / BEST_NAME
