@@ -25,21 +25,19 @@ Run from the repository root; the CTA series is written once into the work folde
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import logging
 import os
 import platform
-import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from preprocess import CASES, build_case, median_seconds
 
 import rsna.inference
 from rsna import fileio
@@ -66,9 +64,9 @@ REAL_GPU_SETTING = {
     "shape": (128, 256, 256),
     "model": ModelSettings(name="resnet18", width=64),
 }
-CTA_SLICES = 300
+# The uncompressed 300-slice CTA of the preprocessing benchmark, 512 x 512.
+CTA_CASE = "cta-300-native"
 CTA_SIZE = 512
-CTA_SPACING_MM = (0.625, 0.45, 0.45)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,30 +77,6 @@ class Setting:
     spec: VolumeSpec
     model: ModelSettings
     input_shape: tuple[int, int, int] | None
-
-
-def write_cta(work_dir: Path) -> Path:
-    """Write the 300-slice CTA once with the preprocess benchmark's phantom writer."""
-    folder = work_dir / "cta-300"
-    if (folder / ".complete").exists():
-        return folder
-
-    location = BENCHMARKS / "preprocess.py"
-    module_spec = importlib.util.spec_from_file_location("benchmark_preprocess", location)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    logger.info("writing a %d-slice %d x %d CTA to %s", CTA_SLICES, CTA_SIZE, CTA_SIZE, folder)
-    module.write_series(
-        folder,
-        series_number=1,
-        modality="CT",
-        slices=CTA_SLICES,
-        size=CTA_SIZE,
-        spacing_mm=CTA_SPACING_MM,
-        rle=False,
-    )
-    (folder / ".complete").touch()
-    return folder
 
 
 def write_checkpoint(path: Path, setting: Setting) -> Path:
@@ -125,17 +99,6 @@ def write_checkpoint(path: Path, setting: Setting) -> Path:
     }
     save_checkpoint(path, payload)
     return path
-
-
-def median_seconds(call: Callable[[], object], *, runs: int) -> tuple[float, list[float]]:
-    """Run ``call`` once to warm up, then ``runs`` times; return the median and all times."""
-    call()
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times), times
 
 
 def measure(setting: Setting, folder: Path, work_dir: Path, *, runs: int, device: str) -> dict:
@@ -248,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     resolve_device(args.device)
 
     report = {"machine": machine_description(), "series": _series_description(), "results": {}}
-    folder = write_cta(args.work_dir)
+    folder = build_case(args.work_dir, CTA_CASE, size=CTA_SIZE)
     for setting in settings_from_args(args):
         report["results"][setting.name] = measure(
             setting, folder, args.work_dir, runs=args.runs, device=args.device
@@ -261,10 +224,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _series_description() -> dict:
+    _, slices, spacing_mm, _ = CASES[CTA_CASE]
     return {
-        "slices": CTA_SLICES,
+        "slices": slices,
         "rows_columns": CTA_SIZE,
-        "spacing_mm": list(CTA_SPACING_MM),
+        "spacing_mm": list(spacing_mm),
         "transfer_syntax": "Explicit VR Little Endian (uncompressed int16)",
     }
 
