@@ -41,7 +41,7 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 MAX_LOCALIZERS = 16
 # A sampler item: (index into the dataset, seed of that sample's augmentation generator).
 SampleKey = tuple[int, int]
-# Where the preprocess stage of dvc.yaml writes the series it rejected, with the reasons.
+# Path of the preprocess stage's rejects file: each rejected series with its reason.
 PREPROCESS_REJECTS = "reports/preprocess_rejects.jsonl"
 
 
@@ -251,7 +251,7 @@ def screen_volumes(
     """Return the records whose volumes are usable; log and count the others.
 
     Two kinds of series are skipped, each with one WARNING naming the series. Series the
-    volume index does not list were rejected by the preprocess stage; they do not count
+    volume index does not list were rejected by the preprocess stage. They do not count
     against ``max_bad_fraction``, because rerunning that stage cannot bring them back.
     Series the index lists whose file is missing, unreadable, of another shape or not
     finite are unusable. Raises :class:`TooManyBadVolumesError` when the unusable fraction

@@ -87,7 +87,7 @@ def _model_stages() -> list[tuple[str, str, dict]]:
 @pytest.mark.parametrize(("pipeline", "name", "stage"), _model_stages(), ids=lambda v: str(v)[:40])
 def test_model_stages_list_voxel_settings(pipeline, name, stage):
     # Stages that train or score a model read only the preprocess keys that change the
-    # voxels; listing the whole section would retrain after a change of worker count.
+    # voxels. Listing the whole section would retrain after a change of worker count.
     params = [str(entry) for entry in stage.get("params", [])]
     keys = {entry.partition(".")[2] for entry in params if entry.startswith("preprocess.")}
 

@@ -1,7 +1,7 @@
 """The ROC plot of dvc.yaml, rendered by the real `dvc plots show` with the project template.
 
-plots/evaluate/roc.csv holds the curves of all 14 labels in one table. DVC's built-in
-templates would draw them as one zigzag line; the project's template colours by label.
+plots/evaluate/roc.csv contains the curves of all 14 labels in one table. DVC's built-in
+templates would draw them as one zigzag line, so the project's template colours by label.
 """
 
 import csv

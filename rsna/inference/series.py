@@ -32,8 +32,8 @@ DICOM_PREFIX = b"DICM"
 # Failures of one series that give it the fallback prediction: what the preprocess stage
 # rejects a series for, plus files that vanish or cannot be opened while being read.
 SERIES_ERRORS = (*REJECTED_ERRORS, OSError)
-# Entries of the reader's dropped list shown in a fallback status; a folder of stray
-# files can have hundreds, and the status is one cell of the output table.
+# Entries of the reader's dropped list named in a fallback status. The status is one cell
+# of the output table, and a folder of stray files can have hundreds of entries.
 MAX_DROPPED_SHOWN = 5
 
 
